@@ -1,0 +1,44 @@
+# npspulse — the two commands are `make demo` and `make test`; everything they need is set up here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR := out/demo
+
+.PHONY: install demo test unit lint services-start services-stop clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "npspulse needs Python >= 3.11 (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/npspulse simulate --customers 20000 --duration 24h --seed 7 \
+		--incident "region=EU|channel=app @ +14h for 60m : +30pp" \
+		--out $(DEMO_DIR)/stream.jsonl
+	$(VENV)/bin/npspulse replay $(DEMO_DIR)/stream.jsonl --out-dir $(DEMO_DIR)
+
+# Starts a real Kafka broker (KRaft) and a real Redis on loopback, runs the whole suite, stops both.
+test: $(STAMP)
+	deploy/local/with-services.sh $(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+services-start:
+	deploy/local/services.sh start
+
+services-stop:
+	deploy/local/services.sh stop
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

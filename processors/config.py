@@ -1,0 +1,393 @@
+"""The configuration schema: a parsed TOML document in, typed settings out, or a ConfigError that names
+the field and the fix. Pure: reading the file and environment overrides live in ``streams/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from processors.events import DEFAULT_MAX_FUTURE_MS
+from processors.nps import Loyalty
+from processors.profiles import ProfileSettings
+from processors.retarget import CampaignRule
+from processors.segments import EVENT_DIMENSIONS, TIER_DIMENSION, BandDimension, SegmentationSettings
+from processors.spikes import DetectionSettings
+from processors.timeparse import format_duration_ms, parse_duration_ms
+from processors.windows import WindowSettings, WindowSpec
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value: where it is, what is wrong, and how to fix it."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"config error in {field}: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str = "localhost:9092"
+    topic_prefix: str = "npspulse."
+    partitions: int = 6
+    replication_factor: int = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = field(default="redis://localhost:6379/0", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Everything the engine needs: profiles, segments, windows, detection, campaigns, event limits."""
+
+    profiles: ProfileSettings
+    segmentation: SegmentationSettings
+    windows: WindowSettings
+    detection: DetectionSettings
+    campaigns: tuple[CampaignRule, ...]
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    engine: EngineSettings
+    kafka: KafkaSettings
+    redis: RedisSettings
+
+
+_SECTIONS = ("events", "profiles", "segmentation", "dimensions", "windows", "detection", "campaigns", "kafka",
+             "redis")
+
+
+def config_from_dict(doc: Mapping[str, Any]) -> Config:
+    """Validate a parsed config document (TOML) and build the typed settings."""
+    _known_keys(doc, _SECTIONS, "")
+    events = _table(doc, "events")
+    _known_keys(events, ("max_future",), "events")
+    windows = _windows(_table(doc, "windows"))
+    engine = EngineSettings(
+        profiles=_profiles(_table(doc, "profiles")),
+        segmentation=_segmentation(_table(doc, "segmentation"), _table(doc, "dimensions")),
+        windows=windows,
+        detection=_detection(_table(doc, "detection"), windows),
+        campaigns=_campaigns(doc.get("campaigns", _DEFAULT_CAMPAIGNS)),
+        max_future_ms=_duration(events, "max_future", "events", DEFAULT_MAX_FUTURE_MS),
+    )
+    return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")))
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _profiles(section: Mapping[str, Any]) -> ProfileSettings:
+    where = "profiles"
+    _known_keys(section, ("horizon", "currency", "fx_rates", "tiers", "base_tier", "no_purchase_tier"), where)
+    defaults = ProfileSettings()
+    currency = section.get("currency", defaults.currency)
+    if not (isinstance(currency, str) and re.fullmatch(r"[A-Z]{3}", currency)):
+        raise ConfigError(f"{where}.currency", f"{currency!r} is not a currency code", "use an ISO 4217 code, e.g. 'EUR'")
+    fx_rates: dict[str, Decimal] = {}
+    for code, rate in _mapping(section.get("fx_rates", {}), f"{where}.fx_rates").items():
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ConfigError(f"{where}.fx_rates.{code}", "not a currency code", "use ISO 4217 codes as keys")
+        fx_rates[code] = _positive_decimal(rate, f"{where}.fx_rates.{code}")
+    tiers_doc = section.get("tiers")
+    if tiers_doc is None:
+        tiers = defaults.tiers
+    else:
+        parsed = [(name, _positive_decimal(value, f"{where}.tiers.{name}"))
+                  for name, value in _mapping(tiers_doc, f"{where}.tiers").items()]
+        for name, _ in parsed:
+            _check_name(name, f"{where}.tiers.{name}")
+        tiers = tuple(sorted(parsed, key=lambda item: item[1]))
+        if len({value for _, value in tiers}) != len(tiers):
+            raise ConfigError(f"{where}.tiers", "two tiers have the same minimum", "give each tier its own minimum")
+    names = {}
+    for key in ("base_tier", "no_purchase_tier"):
+        names[key] = section.get(key, getattr(defaults, key))
+        _check_name(names[key], f"{where}.{key}")
+    return ProfileSettings(
+        horizon_ms=_duration(section, "horizon", where, defaults.horizon_ms, minimum_ms=86_400_000),
+        currency=currency, fx_rates=fx_rates, tiers=tiers, **names,
+    )
+
+
+def _segmentation(section: Mapping[str, Any], dimensions: Mapping[str, Any]) -> SegmentationSettings:
+    where = "segmentation"
+    _known_keys(section, ("segments",), where)
+    bands: dict[str, BandDimension] = {}
+    for name, spec in dimensions.items():
+        path = f"dimensions.{name}"
+        _check_name(name, path)
+        if name in EVENT_DIMENSIONS or name == TIER_DIMENSION:
+            raise ConfigError(path, f"'{name}' is built in", "choose another name for the derived dimension")
+        spec = _mapping(spec, path)
+        _known_keys(spec, ("attribute", "edges"), path)
+        attribute = spec.get("attribute")
+        if not isinstance(attribute, str) or not attribute:
+            raise ConfigError(f"{path}.attribute", "missing", "name the numeric attribute to band, e.g. 'age'")
+        edges = spec.get("edges")
+        if (not isinstance(edges, list) or not edges or not all(type(e) is int for e in edges)
+                or edges != sorted(set(edges))):
+            raise ConfigError(f"{path}.edges", f"{edges!r} is not a strictly increasing list of integers",
+                              "e.g. edges = [25, 35, 50, 65]")
+        bands[name] = BandDimension(name, attribute, tuple(edges))
+    raw = section.get("segments", ["all", "region", "channel", "touchpoint", "tier", "region x tier"])
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}.segments", "must be a non-empty list",
+                          'e.g. segments = ["all", "region", "region x tier"]')
+    crosses: list[tuple[str, ...]] = []
+    for index, text in enumerate(raw):
+        path = f"{where}.segments[{index}]"
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(path, f"{text!r} is not a segment definition", 'use "all", "region" or "region x tier"')
+        cross = () if text.strip() == "all" else tuple(part.strip() for part in text.split(" x "))
+        for name in cross:
+            _check_name(name, path)
+        if len(set(cross)) != len(cross):
+            raise ConfigError(path, f"{text!r} repeats a dimension", "name each dimension once per cross")
+        if cross in crosses:
+            raise ConfigError(path, f"{text!r} is listed twice", "remove the duplicate")
+        crosses.append(cross)
+    return SegmentationSettings(segments=tuple(crosses), bands=bands)
+
+
+def _windows(section: Mapping[str, Any]) -> WindowSettings:
+    where = "windows"
+    _known_keys(section, ("slice", "grace", "tumbling", "hopping"), where)
+    slice_ms = _duration(section, "slice", where, 60_000)
+    grace_ms = _duration(section, "grace", where, 120_000, minimum_ms=0)
+    specs: list[WindowSpec] = []
+    tumbling = section.get("tumbling", ["5m"])
+    if not isinstance(tumbling, list):
+        raise ConfigError(f"{where}.tumbling", "must be a list of durations", 'e.g. tumbling = ["5m", "1h"]')
+    for index, text in enumerate(tumbling):
+        size = _parse_duration(text, f"{where}.tumbling[{index}]")
+        specs.append(WindowSpec(format_duration_ms(size), size, size))
+    hopping = section.get("hopping", [{"size": "1h", "step": "5m"}])
+    if not isinstance(hopping, list):
+        raise ConfigError(f"{where}.hopping", "must be a list of {size, step} tables",
+                          'e.g. hopping = [{ size = "1h", step = "5m" }]')
+    for index, item in enumerate(hopping):
+        path = f"{where}.hopping[{index}]"
+        item = _mapping(item, path)
+        _known_keys(item, ("size", "step"), path)
+        size = _parse_duration(item.get("size"), f"{path}.size")
+        step = _parse_duration(item.get("step"), f"{path}.step")
+        if step >= size or size % step:
+            raise ConfigError(path, f"size {item.get('size')} is not a whole multiple (> 1) of step {item.get('step')}",
+                              "pick e.g. size = '1h', step = '5m' (or list it under tumbling)")
+        specs.append(WindowSpec(f"{format_duration_ms(size)}/{format_duration_ms(step)}", size, step))
+    if not specs:
+        raise ConfigError(where, "no window configured", 'add tumbling = ["5m"]')
+    for spec in specs:
+        if spec.step_ms % slice_ms:
+            raise ConfigError(f"{where}.slice", f"window {spec.name} is not made of whole {format_duration_ms(slice_ms)} slices",
+                              "make every window size and step a multiple of the slice (default 1m)")
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ConfigError(where, "a window is listed twice", "remove the duplicate")
+    return WindowSettings(specs=tuple(specs), slice_ms=slice_ms, grace_ms=grace_ms)
+
+
+def _detection(section: Mapping[str, Any], windows: WindowSettings) -> DetectionSettings:
+    where = "detection"
+    _known_keys(section, ("window", "min_responses", "alpha", "min_rise", "baseline_halflife",
+                          "min_baseline_responses", "cooldown"), where)
+    defaults = DetectionSettings()
+    window = section.get("window", defaults.window)
+    names = [spec.name for spec in windows.specs]
+    if window not in names:
+        raise ConfigError(f"{where}.window", f"{window!r} is not a configured window", f"use one of {names}")
+    alpha = section.get("alpha", defaults.alpha)
+    if not isinstance(alpha, float | int) or isinstance(alpha, bool) or not 0 < alpha < 0.5:
+        raise ConfigError(f"{where}.alpha", f"{alpha!r} is not a probability in (0, 0.5)", "e.g. alpha = 1e-4")
+    min_rise = section.get("min_rise", defaults.min_rise)
+    if not isinstance(min_rise, float | int) or isinstance(min_rise, bool) or not 0 <= min_rise < 1:
+        raise ConfigError(f"{where}.min_rise", f"{min_rise!r} is not a share in [0, 1)", "e.g. min_rise = 0.05 (5 pp)")
+    return DetectionSettings(
+        window=window,
+        min_responses=_int(section, "min_responses", where, defaults.min_responses, minimum=5),
+        alpha=float(alpha), min_rise=float(min_rise),
+        baseline_halflife_ms=_duration(section, "baseline_halflife", where, defaults.baseline_halflife_ms),
+        min_baseline_responses=_int(section, "min_baseline_responses", where, defaults.min_baseline_responses,
+                                    minimum=10),
+        cooldown_ms=_duration(section, "cooldown", where, defaults.cooldown_ms, minimum_ms=0),
+    )
+
+
+_DEFAULT_CAMPAIGNS = [
+    {"id": "service-recovery", "on": "alert", "loyalty": ["detractor"], "segments": ["*"],
+     "channel": "email", "priority": "high", "expires_after": "3d"},
+    {"id": "referral-ask", "on": "answer", "loyalty": ["promoter"], "segments": ["*"],
+     "channel": "email", "priority": "normal", "expires_after": "7d"},
+]
+
+
+def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("campaigns", "must be an array of tables", "write each rule as [[campaigns]]")
+    rules: list[CampaignRule] = []
+    for index, item in enumerate(raw):
+        path = f"campaigns[{index}]"
+        item = _mapping(item, path)
+        _known_keys(item, ("id", "on", "loyalty", "segments", "tiers", "channel", "priority", "expires_after",
+                           "reason"), path)
+        campaign_id = item.get("id")
+        if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.match(campaign_id):
+            raise ConfigError(f"{path}.id", f"{campaign_id!r} is not a campaign id",
+                              "use letters, digits, '-', '_' or '.', e.g. id = 'service-recovery'")
+        if any(rule.campaign_id == campaign_id for rule in rules):
+            raise ConfigError(f"{path}.id", f"duplicate campaign id {campaign_id!r}", "give each campaign its own id")
+        on = item.get("on", "answer")
+        if on not in ("answer", "alert"):
+            raise ConfigError(f"{path}.on", f"{on!r} is not a trigger source", "use on = 'answer' or on = 'alert'")
+        loyalty_raw = item.get("loyalty")
+        valid = [member.value for member in Loyalty]
+        if not isinstance(loyalty_raw, list) or not loyalty_raw or any(x not in valid for x in loyalty_raw):
+            raise ConfigError(f"{path}.loyalty", f"{loyalty_raw!r} is not a list of loyalty classes",
+                              f"use a non-empty subset of {valid}")
+        segments = item.get("segments", ["*"])
+        if not isinstance(segments, list) or not segments or not all(isinstance(s, str) and s for s in segments):
+            raise ConfigError(f"{path}.segments", f"{segments!r} is not a list of segment patterns",
+                              "e.g. segments = ['region=EU|*'] or ['*']")
+        tiers = item.get("tiers")
+        if tiers is not None and (not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers)):
+            raise ConfigError(f"{path}.tiers", f"{tiers!r} is not a list of tier names", "e.g. tiers = ['gold']")
+        priority = item.get("priority", "normal")
+        if priority not in _PRIORITIES:
+            raise ConfigError(f"{path}.priority", f"{priority!r} is not a priority", f"use one of {list(_PRIORITIES)}")
+        channel = item.get("channel", "email")
+        if not isinstance(channel, str) or not channel:
+            raise ConfigError(f"{path}.channel", f"{channel!r} is not a channel", "e.g. channel = 'email'")
+        reason = item.get("reason", "")
+        if not isinstance(reason, str):
+            raise ConfigError(f"{path}.reason", "must be a string", "e.g. reason = 'close the loop'")
+        rules.append(CampaignRule(
+            campaign_id=campaign_id, on=on, loyalty=frozenset(Loyalty(x) for x in loyalty_raw),
+            segments=tuple(segments), tiers=None if tiers is None else frozenset(tiers), channel=channel,
+            priority=priority, expires_after_ms=_duration(item, "expires_after", path, 7 * 86_400_000),
+            reason=reason,
+        ))
+    return tuple(rules)
+
+
+def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
+    where = "kafka"
+    _known_keys(section, ("bootstrap_servers", "topic_prefix", "partitions", "replication_factor",
+                          "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password"), where)
+    defaults = KafkaSettings()
+    protocol = section.get("security_protocol", defaults.security_protocol)
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"{where}.security_protocol", f"{protocol!r} is not supported",
+                          "use PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    mechanism = section.get("sasl_mechanism")
+    if mechanism is not None and mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError(f"{where}.sasl_mechanism", f"{mechanism!r} is not supported",
+                          "use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if "sasl_password" in section:
+        raise ConfigError(f"{where}.sasl_password", "secrets do not belong in the config file",
+                          "set NPSPULSE_KAFKA_SASL_PASSWORD in the environment instead")
+    return KafkaSettings(
+        bootstrap_servers=_string(section, "bootstrap_servers", where, defaults.bootstrap_servers),
+        topic_prefix=_string(section, "topic_prefix", where, defaults.topic_prefix, allow_empty=True),
+        partitions=_int(section, "partitions", where, defaults.partitions, minimum=1),
+        replication_factor=_int(section, "replication_factor", where, defaults.replication_factor, minimum=1),
+        security_protocol=protocol, sasl_mechanism=mechanism,
+        sasl_username=section.get("sasl_username"),
+    )
+
+
+def _redis(section: Mapping[str, Any]) -> RedisSettings:
+    _known_keys(section, ("url",), "redis")
+    url = _string(section, "url", "redis", RedisSettings().url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url", "not a Redis URL", "use redis://host:port/db (or rediss:// for TLS)")
+    return RedisSettings(url=url)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    return _mapping(doc.get(name, {}), name)
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"must be a table, got {type(value).__name__}", f"write it as [{path}] or {{ ... }}")
+    return value
+
+
+def _known_keys(section: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in section:
+        if key not in known:
+            path = f"{where}.{key}" if where else key
+            raise ConfigError(path, "unknown setting", f"remove it or use one of {list(known)}")
+
+
+def _check_name(name: Any, path: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(path, f"{name!r} is not a valid name", "use letters, digits and '_' (start with a letter)")
+
+
+def _parse_duration(value: Any, path: str) -> int:
+    try:
+        ms = parse_duration_ms(value)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc), "write a duration like '90s', '5m', '1h' or '90d'") from None
+    if ms <= 0:
+        raise ConfigError(path, "must be longer than zero", "write a positive duration like '5m'")
+    return ms
+
+
+def _duration(section: Mapping[str, Any], key: str, where: str, default: int, *, minimum_ms: int = 1) -> int:
+    if key not in section:
+        return default
+    path = f"{where}.{key}"
+    value = section[key]
+    if minimum_ms == 0 and isinstance(value, str) and value.strip() in ("0", "0s", "0m"):
+        return 0
+    ms = _parse_duration(value, path)
+    if ms < minimum_ms:
+        raise ConfigError(path, f"{value!r} is shorter than {format_duration_ms(minimum_ms)}",
+                          f"use at least {format_duration_ms(minimum_ms)}")
+    return ms
+
+
+def _int(section: Mapping[str, Any], key: str, where: str, default: int, *, minimum: int) -> int:
+    value = section.get(key, default)
+    if type(value) is not int or value < minimum:
+        raise ConfigError(f"{where}.{key}", f"{value!r} is not an integer >= {minimum}", f"e.g. {key} = {default}")
+    return value
+
+
+def _string(section: Mapping[str, Any], key: str, where: str, default: str, *, allow_empty: bool = False) -> str:
+    value = section.get(key, default)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ConfigError(f"{where}.{key}", "must be a non-empty string", f"e.g. {key} = {default!r}")
+    return value
+
+
+def _positive_decimal(value: Any, path: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(path, f"{value!r} is not a number", "write a positive number, e.g. 100")
+    try:
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise ConfigError(path, f"{value!r} is not a number", "write a positive number, e.g. 100") from None
+    if not number.is_finite() or number <= 0:
+        raise ConfigError(path, f"{value!r} is not positive", "write a positive number, e.g. 100")
+    return number

@@ -1,0 +1,198 @@
+"""The engine: events in, window results, alerts and triggers out. Pure: no I/O and no clock reads.
+
+It is two stages so that the streaming pipeline can run them on either side of a repartition:
+- :class:`CustomerStage` (keyed by customer): purchase profiles, segment memberships, answer-driven
+  triggers; it turns each answer into one :class:`SegmentAnswer` per segment;
+- :class:`SegmentStage` (keyed by segment): event-time windows, the spike detector, alert-driven triggers.
+:class:`Engine` runs both in-process with one watermark (max event time seen - grace), which is the
+embedded default. Time only ever comes in with events, or as an explicit watermark.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.config import EngineSettings
+from processors.events import EventError, Purchase, RetargetTrigger, SegmentAlert, SurveyResponse
+from processors.nps import classify
+from processors.profiles import CurrencyError, CustomerProfile
+from processors.retarget import Retargeter
+from processors.segments import Segmenter
+from processors.spikes import SpikeDetector, SpikeState
+from processors.windows import AnswerRef, SegmentWindows, WindowResult
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one call produced, in a deterministic order."""
+
+    windows: list[WindowResult] = field(default_factory=list)
+    alerts: list[SegmentAlert] = field(default_factory=list)
+    triggers: list[RetargetTrigger] = field(default_factory=list)
+    late: list[SurveyResponse] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.windows.extend(other.windows)
+        self.alerts.extend(other.alerts)
+        self.triggers.extend(other.triggers)
+        self.late.extend(other.late)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAnswer:
+    """One answer as seen by one segment: what the segment stage needs, nothing more."""
+
+    segment_id: str
+    at: int
+    score: int
+    ref: AnswerRef | None
+
+
+class CustomerStage:
+    """Per-customer work: profiles from purchases, memberships, answer-driven triggers."""
+
+    def __init__(self, settings: EngineSettings, retargeter: Retargeter) -> None:
+        self.settings = settings
+        self.segmenter = Segmenter(settings.segmentation)
+        self.retargeter = retargeter
+        self.profiles: dict[str, CustomerProfile] = {}
+
+    def purchase(self, purchase: Purchase, profile: CustomerProfile | None = None) -> CustomerProfile:
+        """Fold a purchase into the customer's profile (refused with EventError for an unknown currency)."""
+        try:
+            amount = self.settings.profiles.to_base_currency(purchase)
+        except CurrencyError as exc:
+            raise EventError("currency", str(exc)) from None
+        if profile is None:
+            profile = self.profiles.setdefault(purchase.customer_id, CustomerProfile())
+        profile.add_purchase(purchase.purchased_at, amount, self.settings.profiles.horizon_days)
+        return profile
+
+    def answer(self, answer: SurveyResponse, profile: CustomerProfile | None = None,
+               triggers: list[RetargetTrigger] | None = None) -> list[SegmentAnswer]:
+        """The segment answers of one survey response; answer-driven triggers are appended to ``triggers``."""
+        if profile is None:
+            profile = self.profiles.get(answer.customer_id)
+        tier = profile.tier(answer.answered_at, self.settings.profiles) if profile else \
+            self.settings.profiles.no_purchase_tier
+        memberships = self.segmenter.memberships(answer, tier)
+        if triggers is not None:
+            triggers.extend(self.retargeter.for_answer(answer, memberships, tier))
+        keep = classify(answer.score) in self.retargeter.alert_loyalties
+        ref = (answer.event_id, answer.customer_id, answer.score, tier) if keep else None
+        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref) for segment in memberships]
+
+
+@dataclass(slots=True)
+class SegmentState:
+    """All state of one segment: its windows and its detector. Plain data for a changelogged table."""
+
+    windows: SegmentWindows = field(default_factory=SegmentWindows)
+    spikes: SpikeState = field(default_factory=SpikeState)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"windows": self.windows.to_dict(), "spikes": self.spikes.to_list()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentState:
+        return cls(SegmentWindows.from_dict(data["windows"]), SpikeState.from_list(data["spikes"]))
+
+
+class SegmentStage:
+    """Per-segment work: windows, detection on closed windows, alert-driven triggers."""
+
+    def __init__(self, settings: EngineSettings, retargeter: Retargeter) -> None:
+        self.settings = settings
+        self.detector = SpikeDetector(settings.detection)
+        self.retargeter = retargeter
+        self.segments: dict[str, SegmentState] = {}
+        self._due: list[tuple[int, str]] = []  # (watermark at which a slice closes, segment id)
+
+    def add(self, item: SegmentAnswer, state: SegmentState | None = None) -> None:
+        """Count one segment answer; raises LateAnswer if its slice is closed."""
+        if state is None:
+            state = self.segments.get(item.segment_id)
+            if state is None:
+                state = self.segments[item.segment_id] = SegmentState()
+        opened = state.windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms)
+        if opened is not None:
+            heapq.heappush(self._due, (opened, item.segment_id))
+
+    def advance(self, watermark: int) -> Outputs:
+        """Close every slice the watermark has passed; detect on the windows that became final."""
+        due = set()
+        while self._due and self._due[0][0] <= watermark:
+            due.add(heapq.heappop(self._due)[1])
+        out = Outputs()
+        for segment_id in sorted(due):
+            self.close_segment(segment_id, self.segments[segment_id], watermark, out)
+        return out
+
+    def close_segment(self, segment_id: str, state: SegmentState, watermark: int, out: Outputs) -> None:
+        detection_window = self.settings.detection.window
+        for result in state.windows.close(watermark, segment_id, self.settings.windows):
+            out.windows.append(result)
+            if result.window != detection_window:
+                continue
+            alert = self.detector.evaluate(state.spikes, result)
+            if alert is not None:
+                out.alerts.append(alert)
+                answers = state.windows.answers_between(result.start, result.end)
+                out.triggers.extend(self.retargeter.for_alert(alert, answers))
+
+
+class Engine:
+    """Both stages in-process with one watermark: the embedded default."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        retargeter = Retargeter(settings.campaigns)
+        self.customers = CustomerStage(settings, retargeter)
+        self.segments = SegmentStage(settings, retargeter)
+        self.max_event_time: int | None = None
+        self.late_answers = 0
+
+    @property
+    def watermark(self) -> int | None:
+        if self.max_event_time is None:
+            return None
+        return self.max_event_time - self.settings.windows.grace_ms
+
+    def process(self, event: SurveyResponse | Purchase) -> Outputs:
+        """Apply one event and return what it caused (closing windows it pushed the watermark past)."""
+        out = Outputs()
+        if isinstance(event, Purchase):
+            # Purchases shape profiles only; answers alone drive the window watermark.
+            self.customers.purchase(event)
+            return out
+        at = event.answered_at
+        if self.max_event_time is None or at > self.max_event_time:
+            self.max_event_time = at
+        slice_ms = self.settings.windows.slice_ms
+        watermark = self.max_event_time - self.settings.windows.grace_ms
+        items = self.customers.answer(event, triggers=out.triggers)
+        if at - at % slice_ms + slice_ms <= watermark:
+            self.late_answers += 1
+            out.late.append(event)
+        else:
+            for item in items:
+                self.segments.add(item)
+        out.extend(self.segments.advance(watermark))
+        return out
+
+    def process_all(self, events: Iterable[SurveyResponse | Purchase]) -> Outputs:
+        out = Outputs()
+        for event in events:
+            out.extend(self.process(event))
+        out.extend(self.flush())
+        return out
+
+    def flush(self) -> Outputs:
+        """End of input: close every open slice and emit every window that holds answers."""
+        if self.max_event_time is None:
+            return Outputs()
+        windows = self.settings.windows
+        return self.segments.advance(self.max_event_time + windows.longest_ms + windows.slice_ms)

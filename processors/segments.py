@@ -1,0 +1,126 @@
+"""Segment rules: which segments an answer belongs to, with stable, readable ids like ``region=EU|tier=gold``.
+
+A segment definition is a cross of dimensions (``("region", "tier")``); the empty cross is ``all``. A
+dimension's value comes from the answer (``region``, ``channel``, ``touchpoint``), from the customer profile
+(``tier``, the value tier from purchases), from a numeric band over an attribute (``age_band``), or from any
+key of the answer's ``attributes``. An answer missing a dimension's value is not in that segment.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from processors.events import SurveyResponse
+
+ALL_SEGMENT = "all"
+EVENT_DIMENSIONS = ("region", "channel", "touchpoint")
+TIER_DIMENSION = "tier"
+_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "=": "%3D"})
+
+
+@dataclass(frozen=True, slots=True)
+class BandDimension:
+    """A derived dimension bucketing a numeric attribute: edges [25, 35] -> '<25', '25-34', '35+'."""
+
+    name: str
+    attribute: str
+    edges: tuple[int, ...]
+
+    def label(self, raw: str) -> str | None:
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+        if value != value:  # NaN
+            return None
+        index = bisect.bisect_right(self.edges, value)
+        if index == 0:
+            return f"<{self.edges[0]}"
+        if index == len(self.edges):
+            return f"{self.edges[-1]}+"
+        return f"{self.edges[index - 1]}-{self.edges[index] - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentationSettings:
+    segments: tuple[tuple[str, ...], ...]
+    bands: Mapping[str, BandDimension]
+
+
+def escape_value(value: str) -> str:
+    """Escape the characters that structure a segment id, so any value round-trips."""
+    return value.translate(_ESCAPES)
+
+
+def segment_id(pairs: Sequence[tuple[str, str]]) -> str:
+    """``[("region", "EU"), ("tier", "gold")]`` -> ``region=EU|tier=gold``; no pairs -> ``all``."""
+    if not pairs:
+        return ALL_SEGMENT
+    return "|".join(f"{name}={escape_value(value)}" for name, value in pairs)
+
+
+def parse_segment_id(text: str) -> list[tuple[str, str]]:
+    """Inverse of :func:`segment_id`."""
+    if text == ALL_SEGMENT:
+        return []
+    pairs = []
+    for part in text.split("|"):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{text!r} is not a segment id (expected name=value|name=value)")
+        pairs.append((name, unquote(value)))
+    return pairs
+
+
+class Segmenter:
+    """Computes an answer's segment memberships from the configured crosses."""
+
+    def __init__(self, settings: SegmentationSettings) -> None:
+        self._crosses = settings.segments
+        self._bands = dict(settings.bands)
+
+    @property
+    def dimensions(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for cross in self._crosses:
+            for name in cross:
+                seen[name] = None
+        return list(seen)
+
+    def dimension_values(self, answer: SurveyResponse, tier: str | None) -> dict[str, str]:
+        """The value of every used dimension for this answer (missing ones left out)."""
+        values: dict[str, str] = {}
+        attributes = answer.attributes
+        for name in self.dimensions:
+            value: str | None
+            if name in EVENT_DIMENSIONS:
+                value = getattr(answer, name)
+            elif name == TIER_DIMENSION:
+                value = tier
+            elif name in self._bands:
+                band = self._bands[name]
+                raw = attributes.get(band.attribute)
+                value = band.label(raw) if raw is not None else None
+            else:
+                value = attributes.get(name)
+            if value is not None:
+                values[name] = value
+        return values
+
+    def memberships(self, answer: SurveyResponse, tier: str | None) -> list[str]:
+        """Every segment id this answer belongs to, in config order."""
+        values = self.dimension_values(answer, tier)
+        out = []
+        for cross in self._crosses:
+            pairs = []
+            for name in cross:
+                value = values.get(name)
+                if value is None:
+                    break
+                pairs.append((name, value))
+            else:
+                out.append(segment_id(pairs))
+        return out

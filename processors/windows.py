@@ -1,0 +1,206 @@
+"""Event-time windows per segment: tumbling and hopping, with a watermark, a grace period, and emit on close.
+
+Semantics follow Kafka Streams' suppressed windows:
+- time is event time; windows are half-open ``[start, end)`` aligned to the epoch; an answer at exactly
+  ``end`` belongs to the next window;
+- the caller's watermark is ``max event time seen - grace``; a window is final and emitted once the
+  watermark reaches its end, exactly once (window ends only move forward);
+- an answer whose slice is already closed is late: it is refused here, and the caller counts and reports it.
+
+Answers are added to 1-minute (configurable) **slices**; windows are sums of closed slices. Closed slices
+are fed in event-time order whatever the arrival order, so everything decided from them is deterministic.
+A segment's whole state is plain data (``to_dict``/``from_dict``) so it can live in a changelogged table.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.nps import NpsCounts
+from processors.timeparse import MINUTE_MS
+
+# (event_id, customer_id, score, tier): what an alert-driven campaign needs to know about one answer.
+AnswerRef = tuple[str, str, int, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A window family: tumbling when ``step_ms == size_ms``, hopping when smaller."""
+
+    name: str
+    size_ms: int
+    step_ms: int
+
+    @property
+    def tumbling(self) -> bool:
+        return self.step_ms == self.size_ms
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSettings:
+    specs: tuple[WindowSpec, ...]
+    slice_ms: int = MINUTE_MS
+    grace_ms: int = 2 * MINUTE_MS
+
+    @property
+    def longest_ms(self) -> int:
+        return max(spec.size_ms for spec in self.specs)
+
+    def spec(self, name: str) -> WindowSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(slots=True)
+class Slice:
+    counts: NpsCounts = field(default_factory=NpsCounts)
+    answers: list[AnswerRef] = field(default_factory=list)
+
+    def to_list(self) -> list[Any]:
+        return [self.counts.to_list(), [list(ref) for ref in self.answers]]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Slice:
+        return cls(NpsCounts.from_list(data[0]), [tuple(ref) for ref in data[1]])  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """The final result of one window of one segment, emitted once when the watermark passes its end."""
+
+    segment_id: str
+    window: str
+    start: int
+    end: int
+    counts: NpsCounts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "segment.window", "segment_id": self.segment_id, "window": self.window,
+                "window_start": self.start, "window_end": self.end, **self.counts.summary()}
+
+
+class SegmentWindows:
+    """One segment's open slices, recently closed slices (enough for the longest window), and late count."""
+
+    __slots__ = ("closed", "closed_starts", "closed_upto", "late", "open")
+
+    def __init__(self) -> None:
+        self.open: dict[int, Slice] = {}
+        self.closed: list[Slice] = []
+        self.closed_starts: list[int] = []
+        self.closed_upto: int | None = None  # every slice starting before this is closed
+        self.late = 0
+
+    def add(self, at_ms: int, score: int, ref: AnswerRef | None, slice_ms: int) -> int | None:
+        """Count one answer. Returns the end of a slice this call opened (to schedule its close), else None.
+
+        Raises :class:`LateAnswer` if the answer's slice is already closed.
+        """
+        start = at_ms - at_ms % slice_ms
+        if self.closed_upto is not None and start < self.closed_upto:
+            self.late += 1
+            raise LateAnswer(start)
+        opened = None
+        current = self.open.get(start)
+        if current is None:
+            current = self.open[start] = Slice()
+            opened = start + slice_ms
+        current.counts.add(score)
+        if ref is not None:
+            current.answers.append(ref)
+        return opened
+
+    def next_close_at(self, slice_ms: int) -> int | None:
+        """The watermark at which the earliest open slice closes."""
+        return min(self.open) + slice_ms if self.open else None
+
+    def close(self, watermark: int, segment_id: str, settings: WindowSettings) -> list[WindowResult]:
+        """Close every slice that ends at or before ``watermark``; return the windows that became final.
+
+        Results are ordered by window end, then by spec order; windows with no answers are not emitted.
+        """
+        slice_ms = settings.slice_ms
+        upto = watermark - watermark % slice_ms
+        previous = self.closed_upto
+        if previous is not None and upto <= previous:
+            return []
+        # Keep what windows ending after `previous` still need; they are emitted below or later.
+        self._prune((upto if previous is None else previous) - settings.longest_ms)
+        for start in sorted(s for s in self.open if s < upto):
+            self.closed_starts.append(start)
+            self.closed.append(self.open.pop(start))
+        self.closed_upto = upto
+        if not self.closed_starts:
+            return []
+        ordered: list[tuple[int, int, WindowResult]] = []
+        newest = self.closed_starts[-1]
+        oldest = self.closed_starts[0]
+        for order, spec in enumerate(settings.specs):
+            step = spec.step_ms
+            low = oldest if previous is None else max(previous, oldest)
+            end = low - low % step + step  # first aligned end after `low`
+            last = min(upto, newest + spec.size_ms)
+            while end <= last:
+                counts = self._sum(end - spec.size_ms, end)
+                if counts.total:
+                    ordered.append((end, order, WindowResult(segment_id, spec.name, end - spec.size_ms, end,
+                                                             counts)))
+                end += step
+        ordered.sort(key=lambda item: (item[0], item[1]))
+        return [result for _, _, result in ordered]
+
+    def answers_between(self, start: int, end: int) -> list[AnswerRef]:
+        """The kept answer references of closed slices in ``[start, end)`` (valid until the next close)."""
+        lo = bisect.bisect_left(self.closed_starts, start)
+        hi = bisect.bisect_left(self.closed_starts, end)
+        out: list[AnswerRef] = []
+        for piece in self.closed[lo:hi]:
+            out.extend(piece.answers)
+        return out
+
+    def _sum(self, start: int, end: int) -> NpsCounts:
+        lo = bisect.bisect_left(self.closed_starts, start)
+        hi = bisect.bisect_left(self.closed_starts, end)
+        total = NpsCounts()
+        for piece in self.closed[lo:hi]:
+            total.merge(piece.counts)
+        return total
+
+    def _prune(self, keep_from: int) -> None:
+        cut = bisect.bisect_left(self.closed_starts, keep_from)
+        if cut:
+            del self.closed_starts[:cut]
+            del self.closed[:cut]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())],
+            "closed": [[start, piece.to_list()] for start, piece in zip(self.closed_starts, self.closed,
+                                                                       strict=True)],
+            "closed_upto": self.closed_upto,
+            "late": self.late,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentWindows:
+        windows = cls()
+        windows.open = {int(start): Slice.from_list(piece) for start, piece in data.get("open", [])}
+        for start, piece in data.get("closed", []):
+            windows.closed_starts.append(int(start))
+            windows.closed.append(Slice.from_list(piece))
+        windows.closed_upto = data.get("closed_upto")
+        windows.late = int(data.get("late", 0))
+        return windows
+
+
+class LateAnswer(Exception):
+    """The answer's slice (starting at ``slice_start``) was already closed."""
+
+    def __init__(self, slice_start: int) -> None:
+        self.slice_start = slice_start
+        super().__init__(slice_start)
