@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/npspulse simulate --customers 20000 --duration 24h --seed 7 \
-		--incident "region=EU|channel=app @ +14h for 60m : +30pp" \
+		--incident "region=EU|channel=app @ +14h for 60m +25pp" --malformed-rate 0.001 \
 		--out $(DEMO_DIR)/stream.jsonl
 	$(VENV)/bin/npspulse replay $(DEMO_DIR)/stream.jsonl --out-dir $(DEMO_DIR)
 

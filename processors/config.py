@@ -145,7 +145,7 @@ def _segmentation(section: Mapping[str, Any], dimensions: Mapping[str, Any]) -> 
             raise ConfigError(f"{path}.edges", f"{edges!r} is not a strictly increasing list of integers",
                               "e.g. edges = [25, 35, 50, 65]")
         bands[name] = BandDimension(name, attribute, tuple(edges))
-    raw = section.get("segments", ["all", "region", "channel", "touchpoint", "tier", "region x tier"])
+    raw = section.get("segments", ["all", "region", "channel", "touchpoint", "tier", "region x tier", "region x channel"])
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}.segments", "must be a non-empty list",
                           'e.g. segments = ["all", "region", "region x tier"]')
@@ -191,8 +191,9 @@ def _windows(section: Mapping[str, Any]) -> WindowSettings:
             raise ConfigError(path, f"size {item.get('size')} is not a whole multiple (> 1) of step {item.get('step')}",
                               "pick e.g. size = '1h', step = '5m' (or list it under tumbling)")
         specs.append(WindowSpec(f"{format_duration_ms(size)}/{format_duration_ms(step)}", size, step))
-    if not specs:
-        raise ConfigError(where, "no window configured", 'add tumbling = ["5m"]')
+    if not any(spec.tumbling for spec in specs):
+        raise ConfigError(f"{where}.tumbling", "no tumbling window configured (totals and detection need one)",
+                          'add tumbling = ["5m"]')
     for spec in specs:
         if spec.step_ms % slice_ms:
             raise ConfigError(f"{where}.slice", f"window {spec.name} is not made of whole {format_duration_ms(slice_ms)} slices",

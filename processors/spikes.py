@@ -29,7 +29,7 @@ RULE = "detractor-spike.binomial"
 class DetectionSettings:
     window: str = "5m"
     min_responses: int = 10
-    alpha: float = 1e-4
+    alpha: float = 1e-5
     min_rise: float = 0.05
     baseline_halflife_ms: int = 6 * HOUR_MS
     min_baseline_responses: int = 200
