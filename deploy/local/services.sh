@@ -62,7 +62,14 @@ java_bin() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# Alive = exists and is not a zombie (daemons get re-parented; in containers PID 1 may reap them late).
+pid_alive() {
+  local stat
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0   # no procfs: trust kill -0
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != "Z" ]]
+}
 
 # Only trust a pid file if the process still looks like ours (guards against pid reuse).
 read_pid() {  # file, pattern-in-cmdline
@@ -169,7 +176,7 @@ kafka_log_tail() {
 
 pick_probe_python() {
   local candidates=() c
-  [[ -n "${PYTHON:-}" ]] && candidates+=("$PYTHON")
+  if [[ -n "${PYTHON:-}" ]]; then candidates+=("$PYTHON"); fi
   candidates+=("$ROOT/.venv/bin/python")
   for c in "${candidates[@]}"; do
     if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import confluent_kafka' >/dev/null 2>&1; then
@@ -311,13 +318,14 @@ stop_redis() {
   local pid i
   pid="$(read_pid "$RUN_DIR/redis.pid" "redis-server")" || { rm -f "$RUN_DIR/redis.pid"; return 0; }
   log "stopping Redis (pid $pid)"
-  command -v redis-cli >/dev/null 2>&1 &&
+  if command -v redis-cli >/dev/null 2>&1; then
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  fi
   for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.1; done
   if pid_alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.1; done
-    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   fi
   rm -f "$RUN_DIR/redis.pid"
 }
@@ -337,7 +345,9 @@ cmd_start() {
 
   local p
   for p in "$KAFKA_PORT" "$CONTROLLER_PORT" "$REDIS_PORT"; do
-    port_in_use "$p" && die "port $p on 127.0.0.1 is already in use (override with NPSPULSE_KAFKA_PORT / NPSPULSE_KAFKA_CONTROLLER_PORT / NPSPULSE_REDIS_PORT)"
+    if port_in_use "$p"; then
+      die "port $p on 127.0.0.1 is already in use (override with NPSPULSE_KAFKA_PORT / NPSPULSE_KAFKA_CONTROLLER_PORT / NPSPULSE_REDIS_PORT)"
+    fi
   done
 
   case "$RUN_DIR" in "$ROOT"/.cache/*) rm -rf "$RUN_DIR" ;; *) die "refusing to wipe unexpected run dir $RUN_DIR" ;; esac
