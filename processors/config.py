@@ -42,11 +42,24 @@ class KafkaSettings:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str = field(default="redis://localhost:6379/0", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The Faust worker: table store, web server, processing guarantee."""
+
+    store: str = "memory://"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    processing_guarantee: str = "at_least_once"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +79,11 @@ class Config:
     engine: EngineSettings
     kafka: KafkaSettings
     redis: RedisSettings
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
 
 _SECTIONS = ("events", "profiles", "segmentation", "dimensions", "windows", "detection", "campaigns", "kafka",
-             "redis")
+             "redis", "worker")
 
 
 def config_from_dict(doc: Mapping[str, Any]) -> Config:
@@ -86,7 +100,8 @@ def config_from_dict(doc: Mapping[str, Any]) -> Config:
         campaigns=_campaigns(doc.get("campaigns", _DEFAULT_CAMPAIGNS)),
         max_future_ms=_duration(events, "max_future", "events", DEFAULT_MAX_FUTURE_MS),
     )
-    return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")))
+    return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")),
+                  worker=_worker(_table(doc, "worker")))
 
 
 # ---------------------------------------------------------------- sections
@@ -288,7 +303,8 @@ def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
 def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
     where = "kafka"
     _known_keys(section, ("bootstrap_servers", "topic_prefix", "partitions", "replication_factor",
-                          "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password"), where)
+                          "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile",
+                          "ssl_certfile", "ssl_keyfile"), where)
     defaults = KafkaSettings()
     protocol = section.get("security_protocol", defaults.security_protocol)
     if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
@@ -308,7 +324,27 @@ def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
         replication_factor=_int(section, "replication_factor", where, defaults.replication_factor, minimum=1),
         security_protocol=protocol, sasl_mechanism=mechanism,
         sasl_username=section.get("sasl_username"),
+        **{key: _string(section, key, where, "") if key in section else None
+           for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")},
     )
+
+
+def _worker(section: Mapping[str, Any]) -> WorkerSettings:
+    where = "worker"
+    _known_keys(section, ("store", "web_host", "web_port", "processing_guarantee"), where)
+    defaults = WorkerSettings()
+    store = _string(section, "store", where, defaults.store)
+    if not store.startswith(("memory://", "rocksdb://", "aerospike://")):
+        raise ConfigError(f"{where}.store", f"{store!r} is not a Faust table store", "use 'memory://' or 'rocksdb://'")
+    guarantee = section.get("processing_guarantee", defaults.processing_guarantee)
+    if guarantee not in ("at_least_once", "exactly_once"):
+        raise ConfigError(f"{where}.processing_guarantee", f"{guarantee!r} is not a guarantee",
+                          "use 'at_least_once' (default) or 'exactly_once'")
+    port = _int(section, "web_port", where, defaults.web_port, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{where}.web_port", f"{port} is not a port", "use 1-65535")
+    return WorkerSettings(store=store, web_host=_string(section, "web_host", where, defaults.web_host), web_port=port,
+                          processing_guarantee=guarantee)
 
 
 def _redis(section: Mapping[str, Any]) -> RedisSettings:

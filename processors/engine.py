@@ -17,7 +17,7 @@ from typing import Any
 
 from processors.config import EngineSettings
 from processors.events import EventError, Purchase, RetargetTrigger, SegmentAlert, SurveyResponse
-from processors.nps import classify
+from processors.nps import NpsCounts, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Segmenter
@@ -71,11 +71,10 @@ class CustomerStage:
         profile.add_purchase(purchase.purchased_at, amount, self.settings.profiles.horizon_days)
         return profile
 
-    def answer(self, answer: SurveyResponse, profile: CustomerProfile | None = None,
+    def answer(self, answer: SurveyResponse, profile: CustomerProfile | None,
                triggers: list[RetargetTrigger] | None = None) -> list[SegmentAnswer]:
-        """The segment answers of one survey response; answer-driven triggers are appended to ``triggers``."""
-        if profile is None:
-            profile = self.profiles.get(answer.customer_id)
+        """The segment answers of one survey response given the customer's profile (None: no purchases);
+        answer-driven triggers are appended to ``triggers``."""
         tier = profile.tier(answer.answered_at, self.settings.profiles) if profile else \
             self.settings.profiles.no_purchase_tier
         memberships = self.segmenter.memberships(answer, tier)
@@ -109,6 +108,7 @@ class SegmentStage:
         self.detector = SpikeDetector(settings.detection)
         self.retargeter = retargeter
         self.segments: dict[str, SegmentState] = {}
+        self.last_closed: list[str] = []  # segments whose state the last ``advance`` changed
         self._due: list[tuple[int, str]] = []  # (watermark at which a slice closes, segment id)
 
     def add(self, item: SegmentAnswer, state: SegmentState | None = None) -> None:
@@ -121,13 +121,30 @@ class SegmentStage:
         if opened is not None:
             heapq.heappush(self._due, (opened, item.segment_id))
 
+    def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef]) -> None:
+        """Merge a pre-aggregated slice; raises LateAnswer if the slice is closed."""
+        state = self.segments.get(segment_id)
+        if state is None:
+            state = self.segments[segment_id] = SegmentState()
+        opened = state.windows.add_slice(start, counts, refs, self.settings.windows.slice_ms)
+        if opened is not None:
+            heapq.heappush(self._due, (opened, segment_id))
+
+    def load(self, segment_id: str, state: SegmentState) -> None:
+        """Adopt a segment's state recovered from storage, scheduling the close of its open slices."""
+        self.segments[segment_id] = state
+        due = state.windows.next_close_at(self.settings.windows.slice_ms)
+        if due is not None:
+            heapq.heappush(self._due, (due, segment_id))
+
     def advance(self, watermark: int) -> Outputs:
         """Close every slice the watermark has passed; detect on the windows that became final."""
         due = set()
         while self._due and self._due[0][0] <= watermark:
             due.add(heapq.heappop(self._due)[1])
         out = Outputs()
-        for segment_id in sorted(due):
+        self.last_closed = sorted(due)
+        for segment_id in self.last_closed:
             self.close_segment(segment_id, self.segments[segment_id], watermark, out)
         return out
 
@@ -142,6 +159,27 @@ class SegmentStage:
                 out.alerts.append(alert)
                 answers = state.windows.answers_between(result.start, result.end)
                 out.triggers.extend(self.retargeter.for_alert(alert, answers))
+
+
+def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tuple[str, int], SliceAggregate]:
+    """Combine segment answers per (segment, slice start): what crosses the repartition, so its traffic
+    grows with segments x slices rather than with answers x segments."""
+    combined: dict[tuple[str, int], SliceAggregate] = {}
+    for item in items:
+        key = (item.segment_id, item.at - item.at % slice_ms)
+        aggregate = combined.get(key)
+        if aggregate is None:
+            aggregate = combined[key] = SliceAggregate(NpsCounts(), [])
+        aggregate.counts.add(item.score)
+        if item.ref is not None:
+            aggregate.refs.append(item.ref)
+    return combined
+
+
+@dataclass(slots=True)
+class SliceAggregate:
+    counts: NpsCounts
+    refs: list[AnswerRef]
 
 
 class Engine:
@@ -173,7 +211,7 @@ class Engine:
             self.max_event_time = at
         slice_ms = self.settings.windows.slice_ms
         watermark = self.max_event_time - self.settings.windows.grace_ms
-        items = self.customers.answer(event, triggers=out.triggers)
+        items = self.customers.answer(event, self.customers.profiles.get(event.customer_id), out.triggers)
         if at - at % slice_ms + slice_ms <= watermark:
             self.late_answers += 1
             out.late.append(event)

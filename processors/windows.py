@@ -101,19 +101,28 @@ class SegmentWindows:
 
         Raises :class:`LateAnswer` if the answer's slice is already closed.
         """
-        start = at_ms - at_ms % slice_ms
-        if self.closed_upto is not None and start < self.closed_upto:
-            self.late += 1
-            raise LateAnswer(start)
-        opened = None
-        current = self.open.get(start)
-        if current is None:
-            current = self.open[start] = Slice()
-            opened = start + slice_ms
+        current, opened = self._open_slice(at_ms - at_ms % slice_ms, slice_ms, 1)
         current.counts.add(score)
         if ref is not None:
             current.answers.append(ref)
         return opened
+
+    def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int) -> int | None:
+        """Merge a pre-aggregated slice (answers of one slice combined upstream); same contract as ``add``."""
+        current, opened = self._open_slice(start, slice_ms, counts.total)
+        current.counts.merge(counts)
+        current.answers.extend(refs)
+        return opened
+
+    def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
+        if self.closed_upto is not None and start < self.closed_upto:
+            self.late += answers
+            raise LateAnswer(start)
+        current = self.open.get(start)
+        if current is not None:
+            return current, None
+        current = self.open[start] = Slice()
+        return current, start + slice_ms
 
     def next_close_at(self, slice_ms: int) -> int | None:
         """The watermark at which the earliest open slice closes."""

@@ -50,6 +50,38 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the built-in default config (TOML, documented)")
     show.set_defaults(run=_show_config)
+
+    work = commands.add_parser("worker", help="run the streaming worker (Faust) on Kafka")
+    work.add_argument("--config", type=Path, default=None, help="TOML config (default ./npspulse.toml or built-in)")
+    work.add_argument("-l", "--loglevel", default="info", help="log level (default info)")
+    work.add_argument("--web-port", type=int, default=None, help="web server port (default from config: 6066)")
+    work.add_argument("--web-host", default=None, help="web server bind address (default 127.0.0.1)")
+    work.add_argument("--worker-id", default=None, help="client id of this worker in broker logs and metrics")
+    work.add_argument("--no-redis", action="store_true", help="run without Redis (enrichment from events only)")
+    work.set_defaults(run=_worker)
+
+    prod = commands.add_parser("produce", help="send JSONL events to Kafka, keyed by customer id")
+    prod.add_argument("files", nargs="+", type=Path)
+    prod.add_argument("--topic", default=None,
+                      help="surveys, purchases or a full topic name (default: each line's 'type' decides)")
+    prod.add_argument("--config", type=Path, default=None)
+    prod.add_argument("--no-progress", action="store_true")
+    prod.set_defaults(run=_produce)
+
+    tail = commands.add_parser("tail", help="print records of an output topic as they arrive")
+    tail.add_argument("topic", help="alerts, retarget, dead-letter or a full topic name")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail.add_argument("--json", action="store_true", help="JSON lines instead of a readable line per record")
+    tail.add_argument("--group", default=None, help="consumer group (default: a new one each time)")
+    tail.add_argument("--max", type=int, default=None, help="stop after this many records")
+    tail.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without records")
+    tail.add_argument("--config", type=Path, default=None)
+    tail.set_defaults(run=_tail)
+
+    load = commands.add_parser("load-customers", help="import customer attributes (CSV or JSONL) into Redis")
+    load.add_argument("file", type=Path)
+    load.add_argument("--config", type=Path, default=None)
+    load.set_defaults(run=_load_customers)
     return parser
 
 
@@ -89,6 +121,53 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     result = replay(args.files, config.engine, args.out_dir, progress=False if args.no_progress else None)
     print(render_summary(result, args.out_dir, top=args.top))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    config = load_config(args.config)
+    run_worker(config, loglevel=args.loglevel, web_port=args.web_port, web_host=args.web_host,
+               worker_id=args.worker_id, use_redis=not args.no_redis)
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from streams.client import produce_files
+
+    config = load_config(args.config)
+    report = produce_files(args.files, config, topic=args.topic, progress=False if args.no_progress else None)
+    sent = ", ".join(f"{count:,} to {topic}" for topic, count in sorted(report.sent.items())) or "nothing"
+    rate = report.total / report.seconds if report.seconds else 0.0
+    print(f"npspulse produce: sent {sent} in {report.seconds:.1f} s ({rate:,.0f} msg/s); "
+          f"{report.unroutable} unroutable lines (no valid 'type'), {report.failed} failed", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from streams.client import print_record, subscribe
+
+    config = load_config(args.config)
+    try:
+        for record in subscribe(args.topic, config, group_id=args.group, from_beginning=args.from_beginning,
+                                timeout=args.timeout, max_messages=args.max):
+            print_record(record, not args.json, sys.stdout)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _load_customers(args: argparse.Namespace) -> int:
+    from streams.customers import CustomerFileError, load_customers
+
+    config = load_config(args.config)
+    try:
+        count = load_customers(args.file, config.redis.url)
+    except CustomerFileError as error:
+        print(f"npspulse load-customers: {error}", file=sys.stderr)
+        return 2
+    print(f"npspulse load-customers: {count:,} customers loaded", file=sys.stderr)
     return 0
 
 

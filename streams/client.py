@@ -1,0 +1,204 @@
+"""Standalone Kafka clients on confluent-kafka: produce JSONL files, tail output topics, and a small API
+to subscribe to alerts and triggers from campaign code:
+
+    from streams.client import subscribe
+    for trigger in subscribe("retarget", group_id="my-campaign-tool"):
+        send_email(trigger["customer_id"], trigger["campaign_id"])
+
+Producers partition keys with murmur2 (``partitioner=murmur2_random``), like the Java client and the
+Faust worker, so a customer's surveys, purchases and table entries share one partition number.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from processors.config import Config, KafkaSettings
+from processors.timeparse import format_rfc3339_ms
+from streams.progress import Progress
+from streams.topics import TopicNames, kafka_client_config
+
+PRODUCER_DEFAULTS = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "partitioner": "murmur2_random",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+}
+
+
+class ProduceReport:
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.unroutable = 0
+        self.failed = 0
+        self.seconds = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+
+def ensure_topics(config: Config, topics: list[str] | None = None) -> None:
+    """Create the input and output topics with the configured partitions if they do not exist yet
+    (a broker's auto-creation would give them its default partition count, breaking co-partitioning)."""
+    names = TopicNames.from_settings(config.kafka)
+    wanted = topics or [names.surveys, names.purchases, names.alerts, names.windows, names.retarget, names.dead_letter]
+    admin = AdminClient(kafka_client_config(config.kafka))
+    existing = admin.list_topics(timeout=15).topics
+    missing = [NewTopic(name, num_partitions=config.kafka.partitions, replication_factor=config.kafka.replication_factor)
+               for name in wanted if name not in existing]
+    for future in (admin.create_topics(missing).values() if missing else ()):
+        try:
+            future.result(15)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
+    return Producer({**kafka_client_config(kafka), **PRODUCER_DEFAULTS, **overrides})
+
+
+def produce_files(files: list[Path], config: Config, *, topic: str | None = None,
+                  progress: bool | None = None) -> ProduceReport:
+    """Send JSONL lines keyed by customer id. Without ``topic`` each line goes where its ``type`` says
+    (surveys or purchases); lines that cannot be routed are counted, not sent. With ``topic`` every line
+    is sent as is (malformed ones too: the worker dead-letters them)."""
+    names = TopicNames.from_settings(config.kafka)
+    target = names.resolve(topic) if topic else None
+    report = ProduceReport()
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            report.failed += 1
+            if len(failures) < 5:
+                failures.append(str(error))
+
+    ensure_topics(config)
+    producer = make_producer(config.kafka)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(sum(path.stat().st_size for path in files), "produce", enabled=show)
+    started = time.perf_counter()
+    try:
+        for path in files:
+            with path.open("rb") as handle:
+                for line in handle:
+                    bar.advance(len(line))
+                    line = line.rstrip(b"\r\n")
+                    if not line.strip():
+                        continue
+                    key, kind = _key_and_type(line)
+                    destination = target or {"survey": names.surveys, "purchase": names.purchases}.get(kind or "")
+                    if destination is None:
+                        report.unroutable += 1
+                        continue
+                    _send(producer, destination, key, line, delivered)
+                    report.sent[destination] = report.sent.get(destination, 0) + 1
+        remaining = producer.flush(60)
+        if remaining:
+            report.failed += remaining
+    finally:
+        bar.finish()
+    report.seconds = time.perf_counter() - started
+    if failures:
+        print(f"npspulse produce: delivery failures, e.g. {failures[0]}", file=sys.stderr)
+    return report
+
+
+def _send(producer: Producer, topic: str, key: bytes | None, value: bytes, callback: object) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=callback)
+            producer.poll(0)
+            return
+        except BufferError:
+            producer.poll(0.1)  # local queue full: let deliveries drain
+
+
+def _key_and_type(line: bytes) -> tuple[bytes | None, str | None]:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    customer = data.get("customer_id")
+    kind = data.get("type")
+    return (customer.encode() if isinstance(customer, str) else None), (kind if isinstance(kind, str) else None)
+
+
+def subscribe(topic: str, config: Config, *, group_id: str | None = None, from_beginning: bool = False,
+              timeout: float | None = None, max_messages: int | None = None) -> Iterator[dict]:
+    """Decoded records of an output topic (``alerts``, ``retarget``, ``dead-letter`` or a full name).
+
+    Offsets are committed after the caller has taken each record (at-least-once); use each record's ``id``
+    to drop duplicates. Stops after ``timeout`` seconds without a record, or ``max_messages`` records.
+    """
+    names = TopicNames.from_settings(config.kafka)
+    consumer = Consumer({
+        **kafka_client_config(config.kafka),
+        "group.id": group_id or f"npspulse-tail-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([names.resolve(topic)])
+    received = 0
+    last = time.monotonic()
+    try:
+        while max_messages is None or received < max_messages:
+            message = consumer.poll(0.5)
+            if message is None:
+                if timeout is not None and time.monotonic() - last >= timeout:
+                    return
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    continue
+                raise KafkaException(error)
+            last = time.monotonic()
+            try:
+                record = orjson.loads(message.value())
+            except orjson.JSONDecodeError:
+                record = {"raw": message.value().decode("utf-8", errors="replace")}
+            if message.headers():
+                record = {**record, "_headers": {k: (v or b"").decode("utf-8", errors="replace")
+                                                 for k, v in message.headers()}}
+            yield record
+            received += 1
+            consumer.commit(message=message, asynchronous=True)
+    finally:
+        consumer.close()
+
+
+def print_record(record: dict, pretty: bool, out: IO[str]) -> None:
+    if not pretty:
+        out.write(orjson.dumps(record).decode() + "\n")
+        return
+    kind = record.get("type")
+    if kind == "segment.alert":
+        out.write(f"{record['severity']} {record['segment_id']}  {format_rfc3339_ms(record['window_start'])} "
+                  f"({record['window']})  detractors {record['detractors']}/{record['responses']} = "
+                  f"{100 * record['detractor_share']:.1f}% vs {100 * record['baseline_share']:.1f}% "
+                  f"(+{record['rise_pp']:.1f} pp, p={record['p_value']:.1e})  id {record['id']}\n")
+    elif kind == "retarget.trigger":
+        out.write(f"{record['campaign_id']:<18} {record['customer_id']:<12} {record['loyalty']:<9} "
+                  f"{record['priority']:<6} {record['segment_id']}  {record['reason']}\n")
+    else:
+        headers = record.get("_headers", {})
+        reason = headers.get("npspulse.reason")
+        out.write((f"[{reason}] " if reason else "") + orjson.dumps(
+            {k: v for k, v in record.items() if k != "_headers"}).decode() + "\n")
+    out.flush()

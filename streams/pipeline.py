@@ -1,0 +1,287 @@
+"""The streaming pipeline: Faust agents as thin adapters around the processors' two stages.
+
+    purchases ──> [purchases agent] ──> profiles table (keyed by customer)
+    surveys ────> [surveys agent] ── validate, enrich (profiles table + Redis), segment memberships,
+                        │            answer-driven triggers ──> retarget
+                        └── pre-aggregated per (segment, 1-min slice) ──> segment-slices (keyed by segment)
+    [watermark timer] ── each source partition's stream time, every second, to every slice partition
+    segment-slices ─> [segments agent] ── windows in the segments table, closed by the watermark
+                        ──> closed windows ──> windows; detector ──> alerts, alert-driven triggers
+                        ──> retarget; Redis snapshots
+    anything unparseable or late ──> dead-letter (original bytes, source topic/partition/offset, reason)
+
+The watermark of a slice partition is the minimum stream time over the survey partitions (idle ones
+excluded) minus the grace period, so a lagging partition holds windows open rather than turning its
+answers late, and window contents do not depend on arrival order across partitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT, Message
+
+from processors.config import Config
+from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice
+from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
+from processors.nps import NpsCounts
+from processors.profiles import CustomerProfile
+from processors.retarget import Retargeter
+from processors.watermarks import WatermarkTracker
+from processors.windows import LateAnswer
+from streams.redis_store import RedisStore
+from streams.topics import TopicNames
+
+log = logging.getLogger("npspulse.pipeline")
+
+BATCH_SIZE = 2000
+BATCH_SECONDS = 0.2
+WATERMARK_SECONDS = 1.0
+SOURCE_IDLE_SECONDS = 3.0
+
+
+class Pipeline:
+    def __init__(self, app: faust.App, config: Config, store: RedisStore | None) -> None:
+        self.app, self.config, self.store = app, config, store
+        self.settings = config.engine
+        self.names = TopicNames.from_settings(config.kafka)
+        self.partitions = config.kafka.partitions
+        self.surveys = self._topic(self.names.surveys)
+        self.purchases = self._topic(self.names.purchases)
+        self.slices = self._topic(self.names.segment_slices, internal=True)
+        self.alerts = self._topic(self.names.alerts)
+        self.windows = self._topic(self.names.windows)
+        self.retarget = self._topic(self.names.retarget)
+        self.dead_letter = self._topic(self.names.dead_letter)
+        self.profiles = self._table("profiles", "customer purchase profiles (RFM)")
+        # Written once per batch for every segment the batch touched, outside single-event context, so the
+        # changelog partition comes from the key: the same murmur2 partitioner that keyed segment-slices.
+        self.segments = self._table("segments", "per-segment windows and detector state", use_partitioner=True)
+        retargeter = Retargeter(self.settings.campaigns)
+        self.customer_stage = CustomerStage(self.settings, retargeter)
+        self._retargeter = retargeter
+        self._profile_cache: dict[bytes, CustomerProfile] = {}
+        self._stages: dict[int, SegmentStage] = {}
+        self._trackers: dict[int, WatermarkTracker] = {}
+        self._stream_times: dict[int, int] = {}
+        self._last_record: dict[int, float] = {}
+        self._started = time.monotonic()
+        self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
+                                         "alerts": 0, "triggers": 0, "windows": 0}
+        app.agent(self.purchases, name="npspulse.purchases")(self.process_purchases)
+        app.agent(self.surveys, name="npspulse.surveys")(self.process_surveys)
+        app.agent(self.slices, name="npspulse.segments")(self.process_slices)
+        app.timer(WATERMARK_SECONDS)(self.send_watermarks)
+        app.on_partitions_assigned.connect(self._on_assigned)
+
+    def _topic(self, name: str, *, internal: bool = False) -> faust.TopicT:
+        return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                              partitions=self.partitions, replicas=self.config.kafka.replication_factor,
+                              internal=internal)
+
+    def _table(self, name: str, help_text: str, **options: Any) -> faust.Table:
+        table = self.app.Table(name, partitions=self.partitions, key_type=bytes, help=help_text, **options)
+        table.value_serializer = "orjson"  # explicit, before the changelog topic is first built
+        return table
+
+    def _bounds(self) -> TimeBounds:
+        return TimeBounds(now_ms=int(time.time() * 1000), max_future_ms=self.settings.max_future_ms)
+
+    async def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
+        """Rebalance: drop cached state; it is reloaded from the (recovered) tables on first use."""
+        self._profile_cache.clear()
+        self._stages.clear()
+        self._trackers.clear()
+
+    # ------------------------------------------------------------ purchases -> profiles
+
+    async def process_purchases(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                purchase = parse_event(event.value, self._bounds(), expected_type="purchase",
+                                       default_time_ms=int(message.timestamp * 1000))
+                key = purchase.customer_id.encode()
+                profile = self._profile(key)
+                self.customer_stage.purchase(purchase, profile)
+            except EventError as error:
+                await self.send_dead_letter(message, error.field, error.reason)
+                continue
+            self.counters["purchases"] += 1
+            self._profile_cache[key] = profile
+            self.profiles[key] = profile.to_dict()
+
+    def _profile(self, key: bytes) -> CustomerProfile:
+        profile = self._profile_cache.get(key)
+        if profile is None:
+            stored = self.profiles.get(key)
+            profile = CustomerProfile.from_dict(stored) if stored else CustomerProfile()
+        return profile
+
+    # ------------------------------------------------------------ surveys -> segment slices
+
+    async def process_surveys(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_SECONDS):
+            await self.handle_surveys(batch)
+
+    async def handle_surveys(self, batch: Sequence[EventT]) -> None:
+        bounds = self._bounds()
+        now = time.monotonic()
+        parsed: list[tuple[SurveyResponse, int]] = []
+        for event in batch:
+            message = event.message
+            self._last_record[message.partition] = now
+            try:
+                parsed.append((parse_event(event.value, bounds, expected_type="survey"), message.partition))
+            except EventError as error:
+                await self.send_dead_letter(message, error.field, error.reason)
+        if not parsed:
+            return
+        attributes = await self.store.attributes([a.customer_id for a, _ in parsed]) if self.store else {}
+        partial = attributes is None
+        triggers: list[RetargetTrigger] = []
+        items = []
+        times: dict[int, int] = {}
+        for answer, partition in parsed:
+            if attributes:
+                answer = enrich(answer, attributes.get(answer.customer_id))
+            key = answer.customer_id.encode()
+            profile = self._profile_cache.get(key)
+            if profile is None:
+                stored = self.profiles.get(key)
+                profile = CustomerProfile.from_dict(stored) if stored else None
+            items.extend(self.customer_stage.answer(answer, profile, triggers))
+            if answer.answered_at > times.get(partition, -1):
+                times[partition] = answer.answered_at
+        self.counters["surveys"] += len(parsed)
+        for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
+            await self.slices.send(key=segment_id.encode(), value=orjson.dumps(
+                {"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs}))
+        await self._send_triggers(triggers, partial)
+        # Only after the batch's slices are queued: a watermark marker never overtakes the data it covers.
+        for partition, latest in times.items():
+            if latest > self._stream_times.get(partition, -1):
+                self._stream_times[partition] = latest
+
+    async def send_watermarks(self) -> None:
+        """Every second: each assigned survey partition's stream time to every slice partition."""
+        consumer = self.app.consumer
+        now = time.monotonic()
+        for tp in sorted(consumer.assignment()):
+            if tp.topic != self.names.surveys:
+                continue
+            quiet = now - self._last_record.get(tp.partition, self._started) >= SOURCE_IDLE_SECONDS
+            idle = quiet and await self._caught_up(tp)
+            value = orjson.dumps({"m": tp.partition, "t": self._stream_times.get(tp.partition), "idle": idle})
+            for partition in range(self.partitions):
+                await self.slices.send(key=b"", value=value, partition=partition)
+
+    async def _caught_up(self, tp: Any) -> bool:
+        try:
+            highwater = self.app.consumer.highwater(tp)
+            position = await self.app.consumer.position(tp)
+        except Exception:
+            return False
+        return highwater is not None and position is not None and position >= highwater
+
+    # ------------------------------------------------------------ segment slices -> windows -> alerts
+
+    async def process_slices(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_SECONDS):
+            await self.handle_slices(batch)
+
+    async def handle_slices(self, batch: Sequence[EventT]) -> None:
+        touched: dict[int, set[str]] = {}
+        for event in batch:
+            message = event.message
+            partition = message.partition
+            stage = self._stage(partition)
+            changed = touched.setdefault(partition, set())
+            try:
+                data = orjson.loads(event.value)
+                if "m" in data:
+                    self._trackers[partition].update(int(data["m"]), data["t"], bool(data["idle"]))
+                    continue
+                segment_id, start = data["s"], int(data["t"])
+                counts = NpsCounts.from_list(data["c"])
+                refs = [tuple(ref) for ref in data["r"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
+                await self.send_dead_letter(message, "", f"malformed segment slice: {type(error).__name__}")
+                continue
+            try:
+                stage.add_slice(segment_id, start, counts, refs)  # type: ignore[arg-type]
+            except LateAnswer:
+                self.counters["late_answers"] += counts.total
+                await self.send_dead_letter(message, "answered_at", (
+                    f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they arrived "
+                    "(beyond the grace period)"))
+                continue
+            changed.add(segment_id)
+        out = Outputs()
+        for partition, changed in touched.items():
+            stage = self._stages[partition]
+            watermark = self._trackers[partition].watermark()
+            if watermark is not None:
+                out.extend(stage.advance(watermark))
+                changed.update(stage.last_closed)
+            for segment_id in changed:
+                self.segments[segment_id.encode()] = {"p": partition, **stage.segments[segment_id].to_dict()}
+        await self._publish(out)
+
+    def _stage(self, partition: int) -> SegmentStage:
+        stage = self._stages.get(partition)
+        if stage is None:
+            stage = self._stages[partition] = SegmentStage(self.settings, self._retargeter)
+            self._trackers[partition] = WatermarkTracker(self.partitions, self.settings.windows.grace_ms)
+            for key, value in list(self.segments.items()):
+                if value and value.get("p") == partition:
+                    stage.load(key.decode(), SegmentState.from_dict(value))
+        return stage
+
+    async def _publish(self, out: Outputs) -> None:
+        self.counters["windows"] += len(out.windows)
+        for window in out.windows:
+            await self.windows.send(key=window.segment_id.encode(), value=orjson.dumps(window.to_dict()))
+        for alert in out.alerts:
+            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(alert.to_dict()))
+        self.counters["alerts"] += len(out.alerts)
+        await self._send_triggers(out.triggers, False)
+        if self.store and out.windows:
+            detection = self.settings.detection.window
+            await self.store.save_snapshots([w for w in out.windows if w.window == detection], {})
+        if self.store and out.alerts:
+            cooldown = self.settings.detection.cooldown_ms
+            await self.store.set_cooldowns({a.segment_id: (a.id, cooldown) for a in out.alerts})
+
+    async def _send_triggers(self, triggers: list[RetargetTrigger], partial: bool) -> None:
+        for trigger in triggers:
+            record = trigger.to_dict()
+            if partial:
+                record["enrichment"] = "partial"
+            await self.retarget.send(key=trigger.customer_id.encode(), value=orjson.dumps(record))
+        self.counters["triggers"] += len(triggers)
+
+    async def send_dead_letter(self, message: Message, field: str, reason: str) -> None:
+        self.counters["dead_letters"] += 1
+        headers = [("npspulse.reason", reason.encode()), ("npspulse.field", field.encode()),
+                   ("npspulse.source.topic", message.topic.encode()),
+                   ("npspulse.source.partition", str(message.partition).encode()),
+                   ("npspulse.source.offset", str(message.offset).encode())]
+        await self.dead_letter.send(key=message.key, value=message.value, headers=headers)
+
+
+def enrich(answer: SurveyResponse, stored: dict[str, str] | None) -> SurveyResponse:
+    """Customer attributes from Redis fill what the answer does not say itself (the answer wins)."""
+    if not stored:
+        return answer
+    attributes = {**stored, **answer.attributes}
+    filled = {name: stored[name] for name in ("region", "channel") if getattr(answer, name) is None and name in stored}
+    for name in ("region", "channel"):
+        attributes.pop(name, None)
+    return dataclasses.replace(answer, attributes=attributes, **filled)
