@@ -22,6 +22,7 @@ from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Segmenter
 from processors.spikes import SpikeDetector, SpikeState
+from processors.timeparse import DAY_MS
 from processors.windows import AnswerRef, SegmentWindows, WindowResult
 
 
@@ -133,7 +134,10 @@ class SegmentStage:
     def load(self, segment_id: str, state: SegmentState) -> None:
         """Adopt a segment's state recovered from storage, scheduling the close of its open slices."""
         self.segments[segment_id] = state
-        due = state.windows.next_close_at(self.settings.windows.slice_ms)
+        self._schedule(segment_id, state)
+
+    def _schedule(self, segment_id: str, state: SegmentState) -> None:
+        due = state.windows.next_due(self.settings.windows)
         if due is not None:
             heapq.heappush(self._due, (due, segment_id))
 
@@ -145,7 +149,9 @@ class SegmentStage:
         out = Outputs()
         self.last_closed = sorted(due)
         for segment_id in self.last_closed:
-            self.close_segment(segment_id, self.segments[segment_id], watermark, out)
+            state = self.segments[segment_id]
+            self.close_segment(segment_id, state, watermark, out)
+            self._schedule(segment_id, state)
         return out
 
     def close_segment(self, segment_id: str, state: SegmentState, watermark: int, out: Outputs) -> None:
@@ -183,7 +189,13 @@ class SliceAggregate:
 
 
 class Engine:
-    """Both stages in-process with one watermark: the embedded default."""
+    """Both stages in-process with one watermark: the embedded default.
+
+    An answer's tier counts the purchases of complete days before it, so an answer waits (briefly, and
+    only around midnight) until a purchase of its own day or later has arrived, or until answers have
+    moved one grace period into its day: a purchase from late yesterday that arrives just after the first
+    answers of today still counts, as it does in the streaming worker.
+    """
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
@@ -191,7 +203,9 @@ class Engine:
         self.customers = CustomerStage(settings, retargeter)
         self.segments = SegmentStage(settings, retargeter)
         self.max_event_time: int | None = None
+        self.max_purchase_time: int | None = None
         self.late_answers = 0
+        self._held: list[SurveyResponse] = []
 
     @property
     def watermark(self) -> int | None:
@@ -205,19 +219,27 @@ class Engine:
         if isinstance(event, Purchase):
             # Purchases shape profiles only; answers alone drive the window watermark.
             self.customers.purchase(event)
+            if self.max_purchase_time is None or event.purchased_at > self.max_purchase_time:
+                self.max_purchase_time = event.purchased_at
+            if self._held:
+                self._release(out, flush=False)
             return out
         at = event.answered_at
         if self.max_event_time is None or at > self.max_event_time:
             self.max_event_time = at
         slice_ms = self.settings.windows.slice_ms
         watermark = self.max_event_time - self.settings.windows.grace_ms
-        items = self.customers.answer(event, self.customers.profiles.get(event.customer_id), out.triggers)
         if at - at % slice_ms + slice_ms <= watermark:
             self.late_answers += 1
             out.late.append(event)
+            # Late for the windows, but still a customer's answer: answer-driven campaigns act on it.
+            self.customers.answer(event, self.customers.profiles.get(event.customer_id), out.triggers)
+        elif not self._held and self._purchases_cover(at):
+            self._apply(event, out)
         else:
-            for item in items:
-                self.segments.add(item)
+            self._held.append(event)
+        if self._held:
+            self._release(out, flush=False)
         out.extend(self.segments.advance(watermark))
         return out
 
@@ -229,8 +251,30 @@ class Engine:
         return out
 
     def flush(self) -> Outputs:
-        """End of input: close every open slice and emit every window that holds answers."""
+        """End of input: apply held answers, close every open slice and emit every window with answers."""
+        out = Outputs()
+        self._release(out, flush=True)
         if self.max_event_time is None:
-            return Outputs()
+            return out
         windows = self.settings.windows
-        return self.segments.advance(self.max_event_time + windows.longest_ms + windows.slice_ms)
+        out.extend(self.segments.advance(self.max_event_time + windows.longest_ms + windows.slice_ms))
+        return out
+
+    def _purchases_cover(self, at: int) -> bool:
+        day_start = at - at % DAY_MS
+        if self.max_purchase_time is not None and self.max_purchase_time >= day_start:
+            return True
+        return self.max_event_time is not None and self.max_event_time >= day_start + self.settings.windows.grace_ms
+
+    def _apply(self, answer: SurveyResponse, out: Outputs) -> None:
+        for item in self.customers.answer(answer, self.customers.profiles.get(answer.customer_id), out.triggers):
+            self.segments.add(item)
+
+    def _release(self, out: Outputs, *, flush: bool) -> None:
+        waiting = []
+        for answer in self._held:
+            if flush or self._purchases_cover(answer.answered_at):
+                self._apply(answer, out)
+            else:
+                waiting.append(answer)
+        self._held = waiting

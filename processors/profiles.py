@@ -1,5 +1,5 @@
 """Customer profiles from purchases: recency, frequency and monetary value (RFM) over an event-time
-horizon, and a value tier from configurable thresholds.
+horizon of complete UTC days before the answer's day, and a value tier from configurable thresholds.
 
 State per customer is bounded: purchases are folded into per-UTC-day buckets and buckets older than the
 horizon are dropped, so a profile holds at most ``horizon_days`` small entries.
@@ -78,15 +78,20 @@ class CustomerProfile:
             bucket[1] += amount
         if self.last_purchase_at is None or at_ms > self.last_purchase_at:
             self.last_purchase_at = at_ms
-        self._prune(max(self.days) - horizon_days)
+        self._prune(max(self.days) - horizon_days - 1)
 
     def rfm(self, at_ms: int, horizon_days: int) -> Rfm:
-        """RFM as of ``at_ms``: purchases on days in (day(at) - horizon, day(at)]."""
+        """RFM as of the start of ``at_ms``'s UTC day: purchases on the ``horizon_days`` complete days before it.
+
+        Same-day purchases count from the next day on. This keeps a tier independent of the order in which
+        a day's purchases and answers arrive (they travel on different topics): the streaming worker only
+        has to have applied the purchases of earlier days, which it waits for.
+        """
         today = at_ms // DAY_MS
         first = today - horizon_days
         frequency, monetary, latest = 0, Decimal(0), None
         for day, (count, amount) in self.days.items():
-            if first < day <= today:
+            if first <= day < today:
                 frequency += count
                 monetary += amount
                 latest = day if latest is None or day > latest else latest

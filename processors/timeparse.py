@@ -36,14 +36,14 @@ def format_duration_ms(ms: int) -> str:
 
 def parse_rfc3339_ms(text: str) -> int:
     """Parse an RFC 3339 timestamp with an explicit offset into epoch milliseconds."""
-    if len(text) < 20 or text[10] not in "Tt ":
+    if len(text) < 19 or text[10] not in "Tt ":
         raise ValueError("not an RFC 3339 timestamp (expected e.g. 2026-11-24T10:15:00Z)")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValueError("not an RFC 3339 timestamp (expected e.g. 2026-11-24T10:15:00Z)") from exc
     if moment.tzinfo is None:
-        raise ValueError("RFC 3339 timestamp has no UTC offset (add 'Z' or '+01:00')")
+        raise ValueError("missing its UTC offset (add 'Z' or '+01:00')")
     return (moment - _EPOCH) // _ONE_MS
 
 

@@ -124,9 +124,19 @@ class SegmentWindows:
         current = self.open[start] = Slice()
         return current, start + slice_ms
 
-    def next_close_at(self, slice_ms: int) -> int | None:
-        """The watermark at which the earliest open slice closes."""
-        return min(self.open) + slice_ms if self.open else None
+    def next_due(self, settings: WindowSettings) -> int | None:
+        """The watermark at which this segment next has work: its earliest open slice closes, or a window
+        holding already-closed answers ends (a segment that went quiet still emits its windows on time)."""
+        candidates = []
+        if self.open:
+            candidates.append(min(self.open) + settings.slice_ms)
+        if self.closed_starts and self.closed_upto is not None:
+            newest = self.closed_starts[-1]
+            for spec in settings.specs:
+                end = self.closed_upto - self.closed_upto % spec.step_ms + spec.step_ms
+                if end - spec.size_ms <= newest:  # the window still holds a closed answer
+                    candidates.append(end)
+        return min(candidates) if candidates else None
 
     def close(self, watermark: int, segment_id: str, settings: WindowSettings) -> list[WindowResult]:
         """Close every slice that ends at or before ``watermark``; return the windows that became final.

@@ -17,6 +17,7 @@ answers late, and window contents do not depend on arrival order across partitio
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import EventT, Message
+from faust.types import TP, EventT, Message
 
 from processors.config import Config
 from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice
@@ -33,6 +34,7 @@ from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeB
 from processors.nps import NpsCounts
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
+from processors.timeparse import DAY_MS
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer
 from streams.redis_store import RedisStore
@@ -71,6 +73,8 @@ class Pipeline:
         self._trackers: dict[int, WatermarkTracker] = {}
         self._stream_times: dict[int, int] = {}
         self._last_record: dict[int, float] = {}
+        self._purchase_times: dict[int, int] = {}  # purchases partition -> max purchase time applied
+        self._purchase_seen: dict[int, float] = {}  # purchases partition -> wall time of the last one
         self._started = time.monotonic()
         self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
                                          "alerts": 0, "triggers": 0, "windows": 0}
@@ -114,6 +118,9 @@ class Pipeline:
                 await self.send_dead_letter(message, error.field, error.reason)
                 continue
             self.counters["purchases"] += 1
+            self._purchase_seen[message.partition] = time.monotonic()
+            if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
+                self._purchase_times[message.partition] = purchase.purchased_at
             self._profile_cache[key] = profile
             self.profiles[key] = profile.to_dict()
 
@@ -143,6 +150,7 @@ class Pipeline:
                 await self.send_dead_letter(message, error.field, error.reason)
         if not parsed:
             return
+        await self._wait_for_purchases(parsed)
         attributes = await self.store.attributes([a.customer_id for a, _ in parsed]) if self.store else {}
         partial = attributes is None
         triggers: list[RetargetTrigger] = []
@@ -168,6 +176,33 @@ class Pipeline:
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
+
+    async def _wait_for_purchases(self, parsed: list[tuple[SurveyResponse, int]]) -> None:
+        """Hold answers until their partition's purchases of earlier days are applied (tiers use complete
+        days), so an answer's segments do not depend on how the two topics interleave."""
+        needed: dict[int, int] = {}
+        for answer, partition in parsed:
+            day_start = answer.answered_at - answer.answered_at % DAY_MS
+            if day_start > needed.get(partition, -1):
+                needed[partition] = day_start
+        started = time.monotonic()
+        logged = False
+        while needed:
+            for partition, day_start in list(needed.items()):
+                if self._purchase_times.get(partition, -1) >= day_start or await self._purchases_quiet(partition):
+                    del needed[partition]
+            if needed:
+                if not logged and time.monotonic() - started >= 10.0:
+                    log.info("answers of partitions %s wait for purchases of earlier days", sorted(needed))
+                    logged = True
+                await asyncio.sleep(0.05)
+
+    async def _purchases_quiet(self, partition: int) -> bool:
+        tp = TP(self.names.purchases, partition)
+        if tp not in self.app.consumer.assignment():
+            return True  # not co-partitioned with surveys here (mid-rebalance): nothing to wait for
+        quiet = time.monotonic() - self._purchase_seen.get(partition, self._started) >= SOURCE_IDLE_SECONDS
+        return quiet and await self._caught_up(tp)
 
     async def send_watermarks(self) -> None:
         """Every second: each assigned survey partition's stream time to every slice partition."""

@@ -1,0 +1,148 @@
+"""Configuration schema (processors.config): the shipped default, and bad values named with a fix."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from processors.config import ConfigError, config_from_dict
+from processors.nps import Loyalty
+from processors.segments import BandDimension
+from processors.windows import WindowSpec
+
+MIN = 60_000
+
+
+def test_shipped_default_loads(default_doc: dict[str, Any]) -> None:
+    config = config_from_dict(default_doc)
+    engine = config.engine
+    assert engine.windows.specs == (WindowSpec("5m", 5 * MIN, 5 * MIN), WindowSpec("1h/5m", 60 * MIN, 5 * MIN))
+    assert (engine.windows.slice_ms, engine.windows.grace_ms) == (MIN, 2 * MIN)
+    assert engine.detection.window == "5m"
+    assert engine.detection.alpha == default_doc["detection"]["alpha"]
+    assert engine.detection.min_responses == 10
+    assert engine.detection.min_baseline_responses == 200
+    assert engine.detection.cooldown_ms == 30 * MIN
+    assert engine.profiles.horizon_days == 90
+    assert engine.profiles.tiers == (("silver", Decimal(100)), ("gold", Decimal(500)), ("platinum", Decimal(2000)))
+    assert engine.segmentation.segments[:6] == ((), ("region",), ("channel",), ("touchpoint",), ("tier",),
+                                                ("region", "tier"))
+    assert engine.segmentation.bands == {"age_band": BandDimension("age_band", "age", (25, 35, 50, 65))}
+    assert [(rule.campaign_id, rule.on) for rule in engine.campaigns] == [("service-recovery", "alert"),
+                                                                          ("referral-ask", "answer")]
+    assert engine.campaigns[0].loyalty == frozenset({Loyalty.DETRACTOR})
+    assert engine.campaigns[0].expires_after_ms == 3 * 24 * 60 * MIN
+    assert engine.max_future_ms == 24 * 60 * MIN
+    assert config.kafka.sasl_password is None
+
+
+def test_empty_document_gives_the_built_in_defaults() -> None:
+    config = config_from_dict({})
+    assert [spec.name for spec in config.engine.windows.specs] == ["5m", "1h/5m"]
+    assert [rule.campaign_id for rule in config.engine.campaigns] == ["service-recovery", "referral-ask"]
+
+
+def test_zero_grace_is_allowed(default_doc: dict[str, Any]) -> None:
+    default_doc["windows"]["grace"] = "0s"
+    assert config_from_dict(default_doc).engine.windows.grace_ms == 0
+
+
+def test_profile_tiers_are_sorted_by_minimum(default_doc: dict[str, Any]) -> None:
+    default_doc["profiles"]["tiers"] = {"gold": 500, "silver": "100.50"}
+    assert config_from_dict(default_doc).engine.profiles.tiers == (("silver", Decimal("100.50")),
+                                                                    ("gold", Decimal(500)))
+
+
+def setter(*path: str | int, value: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(doc: dict[str, Any]) -> None:
+        node: Any = doc
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+        node[path[-1]] = value
+    return apply
+
+
+def duplicate_campaign(doc: dict[str, Any]) -> None:
+    doc["campaigns"][1]["id"] = doc["campaigns"][0]["id"]
+
+
+def no_tumbling(doc: dict[str, Any]) -> None:
+    doc["windows"]["tumbling"] = []
+
+
+BAD_CONFIGS = [
+    ("grace not a duration", setter("windows", "grace", value="2x"), "windows.grace"),
+    ("detection window not configured", setter("detection", "window", value="7m"), "detection.window"),
+    ("duplicate campaign id", duplicate_campaign, "campaigns[1].id"),
+    ("unknown setting", setter("windows", "sise", value="5m"), "windows.sise"),
+    ("unknown section", setter("metrics", value={}), "metrics"),
+    ("hopping size not a multiple of step", setter("windows", "hopping", value=[{"size": "1h", "step": "7m"}]),
+     "windows.hopping[0]"),
+    ("hopping step equals size", setter("windows", "hopping", value=[{"size": "5m", "step": "5m"}]),
+     "windows.hopping[0]"),
+    ("window not whole slices", setter("windows", "slice", value="7m"), "windows.slice"),
+    ("no tumbling window", no_tumbling, "windows.tumbling"),
+    ("sasl password in the file", setter("kafka", "sasl_password", value="hunter2"), "kafka.sasl_password"),
+    ("unknown loyalty class", setter("campaigns", 0, "loyalty", value=["fan"]), "campaigns[0].loyalty"),
+    ("empty loyalty", setter("campaigns", 0, "loyalty", value=[]), "campaigns[0].loyalty"),
+    ("bad trigger source", setter("campaigns", 0, "on", value="click"), "campaigns[0].on"),
+    ("bad priority", setter("campaigns", 1, "priority", value="asap"), "campaigns[1].priority"),
+    ("bad campaign expiry", setter("campaigns", 1, "expires_after", value="a week"), "campaigns[1].expires_after"),
+    ("no segments", setter("segmentation", "segments", value=[]), "segmentation.segments"),
+    ("segment repeats a dimension", setter("segmentation", "segments", value=["all", "region x region"]),
+     "segmentation.segments[1]"),
+    ("segment listed twice", setter("segmentation", "segments", value=["region", "region"]),
+     "segmentation.segments[1]"),
+    ("alpha out of range", setter("detection", "alpha", value=0.7), "detection.alpha"),
+    ("alpha a boolean", setter("detection", "alpha", value=True), "detection.alpha"),
+    ("min_rise a string", setter("detection", "min_rise", value="5pp"), "detection.min_rise"),
+    ("min_responses too small", setter("detection", "min_responses", value=2), "detection.min_responses"),
+    ("min_responses a float", setter("detection", "min_responses", value=10.0), "detection.min_responses"),
+    ("profile currency lower-case", setter("profiles", "currency", value="eur"), "profiles.currency"),
+    ("negative fx rate", setter("profiles", "fx_rates", value={"USD": -0.9}), "profiles.fx_rates.USD"),
+    ("fx rate key not a currency", setter("profiles", "fx_rates", value={"usd": 0.9}), "profiles.fx_rates.usd"),
+    ("two tiers with one minimum", setter("profiles", "tiers", value={"silver": 100, "gold": 100}),
+     "profiles.tiers"),
+    ("horizon shorter than a day", setter("profiles", "horizon", value="12h"), "profiles.horizon"),
+    ("band named like a built-in", setter("dimensions", "tier", value={"attribute": "x", "edges": [1]}),
+     "dimensions.tier"),
+    ("band edges not increasing", setter("dimensions", "age_band", "edges", value=[35, 25]),
+     "dimensions.age_band.edges"),
+    ("bad security protocol", setter("kafka", "security_protocol", value="TLS"), "kafka.security_protocol"),
+    ("redis url not redis", setter("redis", "url", value="http://localhost:6379"), "redis.url"),
+    ("max_future not a duration", setter("events", "max_future", value="soon"), "events.max_future"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), [pytest.param(case[1], case[2], id=case[0]) for case in BAD_CONFIGS])
+def test_bad_config_names_the_field_and_the_fix(default_doc: dict[str, Any], change: Callable[[dict[str, Any]], None],
+                                                field: str) -> None:
+    doc = copy.deepcopy(default_doc)
+    change(doc)
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(doc)
+    error = caught.value
+    assert error.field == field
+    assert error.fix
+    assert str(error).startswith(f"config error in {field}: ")
+    assert "Fix:" in str(error)
+
+
+def test_sasl_password_is_refused_with_the_env_var_fix_and_not_echoed(default_doc: dict[str, Any]) -> None:
+    default_doc["kafka"]["sasl_password"] = "hunter2"
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(default_doc)
+    assert "NPSPULSE_KAFKA_SASL_PASSWORD" in caught.value.fix
+    assert "hunter2" not in str(caught.value)
+
+
+def test_unknown_setting_lists_the_known_ones(default_doc: dict[str, Any]) -> None:
+    default_doc["windows"]["sise"] = "5m"
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(default_doc)
+    assert caught.value.problem == "unknown setting"
+    assert "grace" in caught.value.fix

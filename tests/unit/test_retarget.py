@@ -1,0 +1,134 @@
+"""Re-targeting rules (processors.retarget): answer- and alert-driven triggers."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors.config import Config
+from processors.events import SegmentAlert, SurveyResponse
+from processors.nps import Loyalty
+from processors.retarget import CampaignRule, Retargeter
+from processors.windows import AnswerRef
+
+DAY = 86_400_000
+AT = 20_416 * DAY + 10 * 3_600_000  # 2025-11-24T10:00:00Z
+
+REFERRAL = CampaignRule(campaign_id="referral-ask", on="answer", loyalty=frozenset({Loyalty.PROMOTER}),
+                        expires_after_ms=7 * DAY)
+RECOVERY = CampaignRule(campaign_id="service-recovery", on="alert", loyalty=frozenset({Loyalty.DETRACTOR}),
+                        priority="high", expires_after_ms=3 * DAY)
+MEMBERSHIPS = ["all", "region=EU", "tier=gold", "region=EU|tier=gold"]
+
+
+def answer(score: int, event_id: str = "e-1", customer_id: str = "c-1") -> SurveyResponse:
+    return SurveyResponse(event_id=event_id, customer_id=customer_id, score=score, answered_at=AT, region="EU")
+
+
+def alert(segment_id: str = "region=EU|tier=gold", window_start: int = AT) -> SegmentAlert:
+    return SegmentAlert(
+        segment_id=segment_id, window="5m", window_start=window_start, window_end=window_start + 300_000,
+        rule="detractor-spike.binomial", severity="sev-1", responses=40, detractors=24, promoters=6,
+        detractor_share=0.6, baseline_share=0.2, baseline_responses=500, rise_pp=40.0, p_value=1e-9, nps=-45.0,
+        baseline_nps=25.0, excess_detractors=16.0)
+
+
+def test_promoter_answer_yields_one_trigger_however_many_segments_match() -> None:
+    triggers = Retargeter((REFERRAL,)).for_answer(answer(10), MEMBERSHIPS, "gold")
+    assert len(triggers) == 1
+    (trigger,) = triggers
+    assert (trigger.campaign_id, trigger.customer_id, trigger.event_id, trigger.score) == ("referral-ask", "c-1", "e-1", 10)
+    assert trigger.loyalty == "promoter"
+    assert trigger.segment_id == "all"  # the first matching membership
+    assert (trigger.created_at, trigger.expires_at) == (AT, AT + 7 * DAY)
+    assert trigger.alert_id is None
+
+
+@pytest.mark.parametrize("score", [0, 6, 7, 8])
+def test_non_promoters_get_no_referral_ask(score: int) -> None:
+    assert Retargeter((REFERRAL,)).for_answer(answer(score), MEMBERSHIPS, "gold") == []
+
+
+def test_promoter_boundary_nine() -> None:
+    assert len(Retargeter((REFERRAL,)).for_answer(answer(9), MEMBERSHIPS, "gold")) == 1
+
+
+def test_several_answer_rules_give_one_trigger_each() -> None:
+    other = CampaignRule(campaign_id="review-ask", on="answer", loyalty=frozenset({Loyalty.PROMOTER}))
+    triggers = Retargeter((REFERRAL, other)).for_answer(answer(10), MEMBERSHIPS, "gold")
+    assert sorted(t.campaign_id for t in triggers) == ["referral-ask", "review-ask"]
+    assert len({t.id for t in triggers}) == 2
+
+
+def test_segment_pattern_matching() -> None:
+    rule = CampaignRule(campaign_id="eu", on="answer", loyalty=frozenset({Loyalty.PROMOTER}),
+                        segments=("region=EU|*",))
+    assert rule.matches_segment("region=EU|tier=gold")
+    assert not rule.matches_segment("region=NA|tier=gold")
+    assert not rule.matches_segment("region=EU")  # the pattern asks for a cross
+    assert not rule.matches_segment("region=EUROPE|tier=gold")
+    assert CampaignRule("any", "answer", frozenset({Loyalty.PROMOTER})).matches_segment("region=NA|tier=gold")
+    retargeter = Retargeter((rule,))
+    (trigger,) = retargeter.for_answer(answer(10), MEMBERSHIPS, "gold")
+    assert trigger.segment_id == "region=EU|tier=gold"
+    assert retargeter.for_answer(answer(10), ["all", "region=NA", "region=NA|tier=gold"], "gold") == []
+
+
+def test_tiers_filter() -> None:
+    rule = CampaignRule(campaign_id="vip", on="answer", loyalty=frozenset({Loyalty.PROMOTER}),
+                        tiers=frozenset({"gold", "platinum"}))
+    retargeter = Retargeter((rule,))
+    assert len(retargeter.for_answer(answer(10), MEMBERSHIPS, "gold")) == 1
+    assert retargeter.for_answer(answer(10), MEMBERSHIPS, "silver") == []
+    assert retargeter.for_answer(answer(10), MEMBERSHIPS, None) == []
+
+
+def test_alert_rule_yields_one_trigger_per_detractor_ref() -> None:
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 9, "gold"), ("e-3", "c-3", 6, None),
+                             ("e-4", "c-4", 7, "gold")]
+    the_alert = alert()
+    triggers = Retargeter((RECOVERY, REFERRAL)).for_alert(the_alert, refs)
+    assert [t.event_id for t in triggers] == ["e-1", "e-3"]
+    for trigger in triggers:
+        assert trigger.alert_id == the_alert.id
+        assert trigger.campaign_id == "service-recovery"
+        assert trigger.segment_id == the_alert.segment_id
+        assert trigger.loyalty == "detractor"
+        assert trigger.priority == "high"
+        assert (trigger.created_at, trigger.expires_at) == (the_alert.window_end, the_alert.window_end + 3 * DAY)
+        assert trigger.to_dict()["alert_id"] == the_alert.id
+    assert [t.customer_id for t in triggers] == ["c-1", "c-3"]
+
+
+def test_alert_rule_ids_are_deterministic() -> None:
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-3", "c-3", 0, "gold")]
+    retargeter = Retargeter((RECOVERY,))
+    first = [t.id for t in retargeter.for_alert(alert(), refs)]
+    again = [t.id for t in Retargeter((RECOVERY,)).for_alert(alert(), list(refs))]
+    assert first == again
+    assert len(set(first)) == 2
+    # The same answer seen through another alerting segment keeps its id: one trigger per campaign and answer.
+    other = [t.id for t in retargeter.for_alert(alert("all"), refs)]
+    assert other == first
+
+
+def test_alert_rule_respects_segment_pattern_and_tiers() -> None:
+    rule = CampaignRule(campaign_id="eu-gold", on="alert", loyalty=frozenset({Loyalty.DETRACTOR}),
+                        segments=("region=EU|*",), tiers=frozenset({"gold"}))
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 2, "silver")]
+    retargeter = Retargeter((rule,))
+    assert [t.event_id for t in retargeter.for_alert(alert("region=EU|tier=gold"), refs)] == ["e-1"]
+    assert retargeter.for_alert(alert("region=NA|tier=gold"), refs) == []
+
+
+def test_alert_loyalties() -> None:
+    assert Retargeter((RECOVERY, REFERRAL)).alert_loyalties == frozenset({Loyalty.DETRACTOR})
+    assert Retargeter((REFERRAL,)).alert_loyalties == frozenset()
+
+
+def test_default_campaigns(default_config: Config) -> None:
+    retargeter = Retargeter(default_config.engine.campaigns)
+    (trigger,) = retargeter.for_answer(answer(10), MEMBERSHIPS, "gold")
+    assert trigger.campaign_id == "referral-ask"
+    assert retargeter.for_answer(answer(3), MEMBERSHIPS, "gold") == []
+    triggers = retargeter.for_alert(alert(), [("e-9", "c-9", 1, "gold")])
+    assert [(t.campaign_id, t.priority) for t in triggers] == [("service-recovery", "high")]
