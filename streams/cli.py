@@ -141,7 +141,7 @@ def _produce(args: argparse.Namespace) -> int:
     sent = ", ".join(f"{count:,} to {topic}" for topic, count in sorted(report.sent.items())) or "nothing"
     rate = report.total / report.seconds if report.seconds else 0.0
     print(f"npspulse produce: sent {sent} in {report.seconds:.1f} s ({rate:,.0f} msg/s); "
-          f"{report.unroutable} unroutable lines (no valid 'type'), {report.failed} failed", file=sys.stderr)
+          f"{report.unroutable} unroutable lines (no valid 'type') dead-lettered, {report.failed} failed", file=sys.stderr)
     return 1 if report.failed else 0
 
 

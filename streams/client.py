@@ -73,8 +73,8 @@ def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:
 def produce_files(files: list[Path], config: Config, *, topic: str | None = None,
                   progress: bool | None = None) -> ProduceReport:
     """Send JSONL lines keyed by customer id. Without ``topic`` each line goes where its ``type`` says
-    (surveys or purchases); lines that cannot be routed are counted, not sent. With ``topic`` every line
-    is sent as is (malformed ones too: the worker dead-letters them)."""
+    (surveys or purchases), and a line that cannot be routed goes to the dead-letter topic with the reason.
+    With ``topic`` every line is sent as is (malformed ones too: the worker dead-letters them)."""
     names = TopicNames.from_settings(config.kafka)
     target = names.resolve(topic) if topic else None
     report = ProduceReport()
@@ -94,17 +94,22 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
     try:
         for path in files:
             with path.open("rb") as handle:
-                for line in handle:
+                for number, line in enumerate(handle, start=1):
                     bar.advance(len(line))
                     line = line.rstrip(b"\r\n")
                     if not line.strip():
                         continue
                     key, kind = _key_and_type(line)
                     destination = target or {"survey": names.surveys, "purchase": names.purchases}.get(kind or "")
+                    headers = None
                     if destination is None:
+                        # Nothing is lost: a line that names no valid type goes to the dead letters.
                         report.unroutable += 1
-                        continue
-                    _send(producer, destination, key, line, delivered)
+                        destination = names.dead_letter
+                        headers = [("npspulse.reason", b"unroutable: not a JSON object with 'type' survey or purchase"),
+                                   ("npspulse.field", b"type"), ("npspulse.source.file", str(path).encode()),
+                                   ("npspulse.source.line", str(number).encode())]
+                    _send(producer, destination, key, line, delivered, headers)
                     report.sent[destination] = report.sent.get(destination, 0) + 1
         remaining = producer.flush(60)
         if remaining:
@@ -117,10 +122,11 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
     return report
 
 
-def _send(producer: Producer, topic: str, key: bytes | None, value: bytes, callback: object) -> None:
+def _send(producer: Producer, topic: str, key: bytes | None, value: bytes, callback: object,
+          headers: list[tuple[str, bytes]] | None = None) -> None:
     while True:
         try:
-            producer.produce(topic, value=value, key=key, on_delivery=callback)
+            producer.produce(topic, value=value, key=key, on_delivery=callback, headers=headers)
             producer.poll(0)
             return
         except BufferError:

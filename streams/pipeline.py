@@ -17,11 +17,11 @@ answers late, and window contents do not depend on arrival order across partitio
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -46,6 +46,14 @@ BATCH_SIZE = 2000
 BATCH_SECONDS = 0.2
 WATERMARK_SECONDS = 1.0
 SOURCE_IDLE_SECONDS = 3.0
+MAX_PENDING_ANSWERS = 50_000
+
+
+@dataclass(slots=True)
+class PendingAnswer:
+    event: EventT
+    answer: SurveyResponse
+    partition: int
 
 
 class Pipeline:
@@ -75,6 +83,11 @@ class Pipeline:
         self._last_record: dict[int, float] = {}
         self._purchase_times: dict[int, int] = {}  # purchases partition -> max purchase time applied
         self._purchase_seen: dict[int, float] = {}  # purchases partition -> wall time of the last one
+        self._purchase_offsets: dict[int, int] = {}  # purchases partition -> last offset processed
+        self._survey_offsets: dict[int, int] = {}  # surveys partition -> last offset received
+        self._pending: list[PendingAnswer] = []  # answers waiting for their purchases of earlier days
+        self._draining = False
+        self._paused = False
         self._started = time.monotonic()
         self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
                                          "alerts": 0, "triggers": 0, "windows": 0}
@@ -82,6 +95,7 @@ class Pipeline:
         app.agent(self.surveys, name="npspulse.surveys")(self.process_surveys)
         app.agent(self.slices, name="npspulse.segments")(self.process_slices)
         app.timer(WATERMARK_SECONDS)(self.send_watermarks)
+        app.timer(BATCH_SECONDS)(self.drain_surveys)
         app.on_partitions_assigned.connect(self._on_assigned)
 
     def _topic(self, name: str, *, internal: bool = False) -> faust.TopicT:
@@ -100,14 +114,22 @@ class Pipeline:
     async def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
         """Rebalance: drop cached state; it is reloaded from the (recovered) tables on first use."""
         self._profile_cache.clear()
+        self._pending.clear()  # unacknowledged: redelivered to whoever owns the partition now
+        self._paused = False
         self._stages.clear()
         self._trackers.clear()
+        for progress in (self._stream_times, self._last_record, self._purchase_times, self._purchase_seen,
+                         self._purchase_offsets, self._survey_offsets):
+            progress.clear()  # a partition may come back with a backlog: learn its progress afresh
+        self._started = time.monotonic()  # "quiet since" counts from the assignment, not from start-up
 
     # ------------------------------------------------------------ purchases -> profiles
 
     async def process_purchases(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             message = event.message
+            self._purchase_seen[message.partition] = time.monotonic()
+            self._purchase_offsets[message.partition] = message.offset
             try:
                 purchase = parse_event(event.value, self._bounds(), expected_type="purchase",
                                        default_time_ms=int(message.timestamp * 1000))
@@ -118,7 +140,6 @@ class Pipeline:
                 await self.send_dead_letter(message, error.field, error.reason)
                 continue
             self.counters["purchases"] += 1
-            self._purchase_seen[message.partition] = time.monotonic()
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
             self._profile_cache[key] = profile
@@ -134,29 +155,63 @@ class Pipeline:
     # ------------------------------------------------------------ surveys -> segment slices
 
     async def process_surveys(self, stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_SECONDS):
+        # Manual acks: an answer held for its purchases is acknowledged only once processed.
+        async for batch in stream.noack().take_events(BATCH_SIZE, within=BATCH_SECONDS):
             await self.handle_surveys(batch)
 
     async def handle_surveys(self, batch: Sequence[EventT]) -> None:
         bounds = self._bounds()
         now = time.monotonic()
-        parsed: list[tuple[SurveyResponse, int]] = []
         for event in batch:
             message = event.message
             self._last_record[message.partition] = now
+            self._survey_offsets[message.partition] = message.offset
             try:
-                parsed.append((parse_event(event.value, bounds, expected_type="survey"), message.partition))
+                answer = parse_event(event.value, bounds, expected_type="survey")
             except EventError as error:
                 await self.send_dead_letter(message, error.field, error.reason)
-        if not parsed:
+                event.ack()
+                continue
+            self._pending.append(PendingAnswer(event, answer, message.partition))
+        await self.drain_surveys()
+
+    async def drain_surveys(self) -> None:
+        """Process held answers whose partition's purchases of earlier days are applied (tiers count
+        complete days), in arrival order per partition, so an answer's segments do not depend on how the
+        two topics interleave. Never blocks the agent (Faust feeds every stream from one fetch loop):
+        answers wait in memory, and the survey partitions pause while too many wait."""
+        if self._draining or not self._pending:
             return
-        await self._wait_for_purchases(parsed)
-        attributes = await self.store.attributes([a.customer_id for a, _ in parsed]) if self.store else {}
+        self._draining = True
+        try:
+            covered: dict[int, int] = {}  # partition -> day start its purchases are known to cover
+            blocked: set[int] = set()
+            ready: list[PendingAnswer] = []
+            waiting: list[PendingAnswer] = []
+            for item in self._pending:
+                at = item.answer.answered_at
+                day_start = at - at % DAY_MS
+                if item.partition not in blocked and day_start > covered.get(item.partition, -1):
+                    if await self._purchases_cover(item.partition, day_start):
+                        covered[item.partition] = day_start
+                    else:
+                        blocked.add(item.partition)
+                (waiting if item.partition in blocked else ready).append(item)
+            self._pending = waiting
+            if ready:
+                await self._process_answers(ready)
+            self._apply_backpressure()
+        finally:
+            self._draining = False
+
+    async def _process_answers(self, ready: list[PendingAnswer]) -> None:
+        attributes = await self.store.attributes([p.answer.customer_id for p in ready]) if self.store else {}
         partial = attributes is None
         triggers: list[RetargetTrigger] = []
         items = []
         times: dict[int, int] = {}
-        for answer, partition in parsed:
+        for pending in ready:
+            answer = pending.answer
             if attributes:
                 answer = enrich(answer, attributes.get(answer.customer_id))
             key = answer.customer_id.encode()
@@ -165,44 +220,42 @@ class Pipeline:
                 stored = self.profiles.get(key)
                 profile = CustomerProfile.from_dict(stored) if stored else None
             items.extend(self.customer_stage.answer(answer, profile, triggers))
-            if answer.answered_at > times.get(partition, -1):
-                times[partition] = answer.answered_at
-        self.counters["surveys"] += len(parsed)
+            if answer.answered_at > times.get(pending.partition, -1):
+                times[pending.partition] = answer.answered_at
+        self.counters["surveys"] += len(ready)
         for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
             await self.slices.send(key=segment_id.encode(), value=orjson.dumps(
                 {"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs}))
         await self._send_triggers(triggers, partial)
-        # Only after the batch's slices are queued: a watermark marker never overtakes the data it covers.
+        # Only after the slices are queued: a watermark marker never overtakes the data it covers.
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
+        for pending in ready:
+            pending.event.ack()
 
-    async def _wait_for_purchases(self, parsed: list[tuple[SurveyResponse, int]]) -> None:
-        """Hold answers until their partition's purchases of earlier days are applied (tiers use complete
-        days), so an answer's segments do not depend on how the two topics interleave."""
-        needed: dict[int, int] = {}
-        for answer, partition in parsed:
-            day_start = answer.answered_at - answer.answered_at % DAY_MS
-            if day_start > needed.get(partition, -1):
-                needed[partition] = day_start
-        started = time.monotonic()
-        logged = False
-        while needed:
-            for partition, day_start in list(needed.items()):
-                if self._purchase_times.get(partition, -1) >= day_start or await self._purchases_quiet(partition):
-                    del needed[partition]
-            if needed:
-                if not logged and time.monotonic() - started >= 10.0:
-                    log.info("answers of partitions %s wait for purchases of earlier days", sorted(needed))
-                    logged = True
-                await asyncio.sleep(0.05)
+    def _apply_backpressure(self) -> None:
+        consumer = self.app.consumer
+        surveys = [tp for tp in consumer.assignment() if tp.topic == self.names.surveys]
+        if not self._paused and len(self._pending) >= MAX_PENDING_ANSWERS:
+            consumer.pause_partitions(surveys)
+            self._paused = True
+            log.info("%d answers wait for purchases of earlier days; survey partitions paused", len(self._pending))
+        elif self._paused and len(self._pending) <= MAX_PENDING_ANSWERS // 2:
+            consumer.resume_partitions(surveys)
+            self._paused = False
+
+    async def _purchases_cover(self, partition: int, day_start: int) -> bool:
+        if self._purchase_times.get(partition, -1) >= day_start:
+            return True
+        return await self._purchases_quiet(partition)
 
     async def _purchases_quiet(self, partition: int) -> bool:
         tp = TP(self.names.purchases, partition)
         if tp not in self.app.consumer.assignment():
             return True  # not co-partitioned with surveys here (mid-rebalance): nothing to wait for
         quiet = time.monotonic() - self._purchase_seen.get(partition, self._started) >= SOURCE_IDLE_SECONDS
-        return quiet and await self._caught_up(tp)
+        return quiet and await self._caught_up(tp, self._purchase_offsets.get(partition))
 
     async def send_watermarks(self) -> None:
         """Every second: each assigned survey partition's stream time to every slice partition."""
@@ -212,16 +265,19 @@ class Pipeline:
             if tp.topic != self.names.surveys:
                 continue
             quiet = now - self._last_record.get(tp.partition, self._started) >= SOURCE_IDLE_SECONDS
-            idle = quiet and await self._caught_up(tp)
+            held = any(item.partition == tp.partition for item in self._pending)
+            idle = quiet and not held and await self._caught_up(tp, self._survey_offsets.get(tp.partition))
             value = orjson.dumps({"m": tp.partition, "t": self._stream_times.get(tp.partition), "idle": idle})
             for partition in range(self.partitions):
                 await self.slices.send(key=b"", value=value, partition=partition)
 
-    async def _caught_up(self, tp: Any) -> bool:
+    async def _caught_up(self, tp: Any, processed: int | None) -> bool:
+        """Everything in the partition has been handled (``processed``: the last offset this worker handled,
+        if any since the assignment; else the fetch position must have reached the end)."""
         try:
             highwater = self.app.consumer.highwater(tp)
-            position = await self.app.consumer.position(tp)
-        except Exception:
+            position = await self.app.consumer.position(tp) if processed is None else processed + 1
+        except Exception:  # not fetched yet, or mid-rebalance: not known to be caught up
             return False
         return highwater is not None and position is not None and position >= highwater
 

@@ -1,0 +1,134 @@
+"""Fixtures for pipeline tests: a private topic prefix and config, workers as real subprocesses
+(`python -m streams.cli worker`), and readers of output topics on the real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from processors.config import Config
+from streams.settings import load_config
+from streams.topics import TopicNames, kafka_client_config
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_CONFIG = """
+[kafka]
+partitions = 3
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """One isolated npspulse deployment on the shared broker: its own topics, group and config."""
+
+    tmp: Path
+    env: dict[str, str]
+    config_path: Path
+    config: Config
+    names: TopicNames
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_worker(self, name: str = "worker", **extra_env: str) -> subprocess.Popen:
+        log = (self.tmp / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config_path), "-l", "info",
+             "--web-port", str(free_port()), "--worker-id", name],
+            cwd=REPO, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        return process
+
+    def stop_worker(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        return process.returncode
+
+    def log(self, name: str = "worker") -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
+    prefix = f"it{uuid.uuid4().hex[:10]}."
+    config_path = tmp_path / "npspulse.toml"
+    config_path.write_text(TEST_CONFIG)
+    env = {**os.environ, "NPSPULSE_KAFKA_BOOTSTRAP": kafka_bootstrap, "NPSPULSE_REDIS_URL": redis_url,
+           "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix, "PYTHONUNBUFFERED": "1"}
+    config = load_config(config_path, environ=env)
+    deployment = Deployment(tmp_path, env, config_path, config, TopicNames.from_settings(config.kafka))
+    yield deployment
+    for process in deployment.workers:
+        deployment.stop_worker(process, signal.SIGKILL, timeout=10)
+
+
+class TopicReader:
+    """Reads a topic from the beginning, accumulating decoded records (with headers) across calls."""
+
+    def __init__(self, config: Config, topic: str) -> None:
+        self.records: list[dict] = []
+        self._consumer = Consumer({**kafka_client_config(config.kafka), "group.id": f"it-{uuid.uuid4().hex}",
+                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self._consumer.subscribe([topic])
+
+    def read_until(self, done: Callable[[list[dict]], bool], timeout: float, settle: float = 2.0,
+                   alive: subprocess.Popen | None = None) -> list[dict]:
+        """Poll until ``done(records)`` holds (then ``settle`` more seconds to catch extras), the timeout,
+        or the death of the ``alive`` process."""
+        deadline = time.monotonic() + timeout
+        settled_at = None
+        while time.monotonic() < deadline and (alive is None or alive.poll() is None):
+            message = self._consumer.poll(0.25)
+            if message is not None and message.error() is None:
+                try:
+                    record = orjson.loads(message.value())
+                except orjson.JSONDecodeError:
+                    record = {"raw": message.value()}
+                if not isinstance(record, dict):
+                    record = {"raw": message.value()}
+                if message.headers():
+                    record["_headers"] = {k: v.decode() for k, v in message.headers()}
+                self.records.append(record)
+            if settled_at is None and done(self.records):
+                settled_at = time.monotonic()
+            if settled_at is not None and time.monotonic() - settled_at >= settle:
+                break
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@pytest.fixture
+def reader(deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
+    readers: list[TopicReader] = []
+
+    def make(topic: str) -> TopicReader:
+        readers.append(TopicReader(deployment.config, topic))
+        return readers[-1]
+
+    yield make
+    for item in readers:
+        item.close()
