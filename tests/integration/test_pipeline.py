@@ -58,6 +58,31 @@ def _counts(record: dict) -> tuple:
     return (record["responses"], record["detractors"], record["passives"], record["promoters"])
 
 
+def _ground_truth(path: Path, cutoff: int) -> dict[tuple, tuple]:
+    """Per (segment, 5m window) counts straight from the input lines, for the segments an answer states
+    itself (all, region, channel, touchpoint): independent of the engine's code."""
+    truth: dict[tuple, list[int]] = {}
+    for line in path.read_bytes().splitlines():
+        try:
+            event = orjson.loads(line)
+            if event.get("type") != "survey" or not isinstance(event.get("customer_id"), str):
+                continue
+            score, at = event["score"], parse_rfc3339_ms(event["answered_at"])
+        except (orjson.JSONDecodeError, KeyError, ValueError):
+            continue
+        if type(score) is not int or not 0 <= score <= 10:
+            continue
+        start = at - at % 300_000
+        if start + 300_000 > cutoff:
+            continue
+        for segment in ("all", f"region={event['region']}", f"channel={event['channel']}",
+                        f"touchpoint={event['touchpoint']}"):
+            counts = truth.setdefault((segment, "5m", start), [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1 if score <= 6 else 2 if score <= 8 else 3] += 1
+    return {key: tuple(value) for key, value in truth.items()}
+
+
 def test_pipeline_matches_the_embedded_runner(deployment, reader, tmp_path: Path) -> None:
     stream = _simulate(tmp_path / "stream.jsonl", malformed=0.003)
     expected = _embedded(deployment, [stream], tmp_path / "embedded")
@@ -90,6 +115,11 @@ def test_pipeline_matches_the_embedded_runner(deployment, reader, tmp_path: Path
     assert not mismatched, mismatched[:3]
     extra = [w for w in windows if _window_key(w) not in expected_windows and w["window_end"] <= cutoff]
     assert not extra, extra[:3]
+    # And the table's counts are the ground truth computed from the input itself.
+    truth = _ground_truth(stream, cutoff)
+    assert len(truth) > 500
+    got_counts = {_window_key(w): _counts(w) for w in windows}
+    assert {key: got_counts[key] for key in truth} == truth
 
     alerts = reader(deployment.names.alerts).read_until(lambda got: len(got) >= len(expected_alerts), timeout=30)
     got_alerts = {a["id"]: a for a in alerts}

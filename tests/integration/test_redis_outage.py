@@ -1,0 +1,147 @@
+"""Redis enrichment in the worker, and a Redis outage mid-run: processing goes on with partial enrichment,
+and full enrichment resumes when Redis is back. Uses a private redis-server so the shared one stays up."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streams.client import produce_files
+from streams.customers import load_customers
+from streams.settings import load_config
+from streams.simulate import SimulationSettings, simulate_to_file
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+CONFIG = """
+[kafka]
+partitions = 3
+
+[segmentation]
+segments = ["all", "plan"]   # `plan` exists only in Redis
+
+[[campaigns]]
+id = "referral-ask"
+on = "answer"
+loyalty = ["promoter"]
+
+[[campaigns]]
+id = "pro-thanks"
+on = "answer"
+loyalty = ["promoter"]
+segments = ["plan=pro"]
+"""
+
+
+class PrivateRedis:
+    def __init__(self, port: int, tmp: Path) -> None:
+        self.port, self.tmp = port, tmp
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run via `make test`")
+        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(self.tmp)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        pytest.fail("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = PrivateRedis(port, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _plan(customer_id: str) -> str:
+    return "pro" if int(customer_id[1:]) % 2 == 0 else "basic"
+
+
+def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, reader, private_redis,
+                                                                  tmp_path: Path) -> None:
+    deployment.config_path.write_text(CONFIG)
+    deployment.env["NPSPULSE_REDIS_URL"] = private_redis.url
+    deployment.config = load_config(deployment.config_path, environ=deployment.env)
+
+    stream = tmp_path / "stream.jsonl"
+    simulate_to_file(SimulationSettings(customers=600, duration_ms=3 * 3_600_000, answers_per_minute=6, seed=9,
+                                        history_days=0), stream)
+    surveys = [orjson.loads(line) for line in stream.read_bytes().splitlines() if b'"type":"survey"' in line]
+    customers = tmp_path / "customers.csv"
+    customers.write_text("customer_id,plan\n" + "".join(f"c{i:07d},{_plan(f'c{i:07d}')}\n" for i in range(600)))
+    # Three phases on disjoint customers, so the worker's attribute cache cannot hide the outage.
+    phases = {}
+    for phase in range(3):
+        path = tmp_path / f"phase{phase}.jsonl"
+        rows = [s for s in surveys if int(s["customer_id"][1:]) % 3 == phase]
+        path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+        phases[phase] = (path, rows)
+
+    def promoters(rows: list[dict], plan: str | None = None) -> set[str]:
+        return {r["event_id"] for r in rows if r["score"] >= 9 and (plan is None or _plan(r["customer_id"]) == plan)}
+
+    triggers = reader(deployment.names.retarget)
+
+    def wait_for(rows: list[dict]) -> list[dict]:
+        wanted = promoters(rows)
+        triggers.read_until(lambda got: wanted <= {t["event_id"] for t in got}, timeout=60, alive=worker)
+        return [t for t in triggers.records if t["event_id"] in {r["event_id"] for r in rows}]
+
+    assert load_customers(customers, private_redis.url) == 600
+    produce_files([phases[0][0]], deployment.config, progress=False)
+    worker = deployment.start_worker()
+
+    # Redis up: full enrichment, the Redis-only attribute segments answers.
+    got = wait_for(phases[0][1])
+    assert {t["event_id"] for t in got if t["campaign_id"] == "referral-ask"} == promoters(phases[0][1])
+    assert {t["event_id"] for t in got if t["campaign_id"] == "pro-thanks"} == promoters(phases[0][1], "pro")
+    assert not any(t.get("enrichment") == "partial" for t in got)
+
+    # Redis down: the worker keeps processing, marks its output partial; `plan` is unknown, so no pro-thanks.
+    private_redis.stop()
+    produce_files([phases[1][0]], deployment.config, progress=False)
+    got = wait_for(phases[1][1])
+    assert worker.poll() is None, deployment.log()
+    referral = [t for t in got if t["campaign_id"] == "referral-ask"]
+    assert {t["event_id"] for t in referral} == promoters(phases[1][1])
+    assert all(t.get("enrichment") == "partial" for t in referral)
+    assert not [t for t in got if t["campaign_id"] == "pro-thanks"]
+
+    # Redis back: full enrichment resumes.
+    private_redis.start()
+    assert load_customers(customers, private_redis.url) == 600
+    time.sleep(3)  # past the store's retry back-off
+    produce_files([phases[2][0]], deployment.config, progress=False)
+    got = wait_for(phases[2][1])
+    assert {t["event_id"] for t in got if t["campaign_id"] == "pro-thanks"} == promoters(phases[2][1], "pro")
+    assert not any(t.get("enrichment") == "partial" for t in got)
+
+    log = deployment.log()
+    assert log.count("Redis unreachable") == 1, "the outage is logged once, not per event"
+    assert "Redis reachable again" in log
