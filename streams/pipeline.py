@@ -231,6 +231,7 @@ class Pipeline:
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
+        await self.app.producer.flush()  # delivered before acknowledged: a stop or crash loses nothing
         for pending in ready:
             pending.event.ack()
 
@@ -324,6 +325,8 @@ class Pipeline:
             for segment_id in changed:
                 self.segments[segment_id.encode()] = {"p": partition, **stage.segments[segment_id].to_dict()}
         await self._publish(out)
+        # Changelog and outputs delivered before the batch is acknowledged (when this returns).
+        await self.app.producer.flush()
 
     def _stage(self, partition: int) -> SegmentStage:
         stage = self._stages.get(partition)
