@@ -86,6 +86,7 @@ class Pipeline:
         self._purchase_offsets: dict[int, int] = {}  # purchases partition -> last offset processed
         self._survey_offsets: dict[int, int] = {}  # surveys partition -> last offset received
         self._pending: list[PendingAnswer] = []  # answers waiting for their purchases of earlier days
+        self._dead_lettered: list[EventT] = []  # dead-lettered surveys, acknowledged after a flush
         self._draining = False
         self._paused = False
         self._started = time.monotonic()
@@ -115,6 +116,7 @@ class Pipeline:
         """Rebalance: drop cached state; it is reloaded from the (recovered) tables on first use."""
         self._profile_cache.clear()
         self._pending.clear()  # unacknowledged: redelivered to whoever owns the partition now
+        self._dead_lettered.clear()
         self._paused = False
         self._stages.clear()
         self._trackers.clear()
@@ -155,32 +157,31 @@ class Pipeline:
     # ------------------------------------------------------------ surveys -> segment slices
 
     async def process_surveys(self, stream: faust.StreamT) -> None:
-        # Manual acks: an answer held for its purchases is acknowledged only once processed.
-        async for batch in stream.noack().take_events(BATCH_SIZE, within=BATCH_SECONDS):
-            await self.handle_surveys(batch)
+        # Manual acks: an answer is acknowledged once processed and delivered, which may be after it
+        # waited for its purchases; a rebalance or crash redelivers whatever was not.
+        async for event in stream.noack().events():
+            await self.receive_survey(event)
+            if len(self._pending) >= BATCH_SIZE:
+                await self.drain_surveys()
 
-    async def handle_surveys(self, batch: Sequence[EventT]) -> None:
-        bounds = self._bounds()
-        now = time.monotonic()
-        for event in batch:
-            message = event.message
-            self._last_record[message.partition] = now
-            self._survey_offsets[message.partition] = message.offset
-            try:
-                answer = parse_event(event.value, bounds, expected_type="survey")
-            except EventError as error:
-                await self.send_dead_letter(message, error.field, error.reason)
-                event.ack()
-                continue
-            self._pending.append(PendingAnswer(event, answer, message.partition))
-        await self.drain_surveys()
+    async def receive_survey(self, event: EventT) -> None:
+        message = event.message
+        self._last_record[message.partition] = time.monotonic()
+        self._survey_offsets[message.partition] = message.offset
+        try:
+            answer = parse_event(event.value, self._bounds(), expected_type="survey")
+        except EventError as error:
+            await self.send_dead_letter(message, error.field, error.reason)
+            self._dead_lettered.append(event)  # acknowledged after the next flush
+            return
+        self._pending.append(PendingAnswer(event, answer, message.partition))
 
     async def drain_surveys(self) -> None:
         """Process held answers whose partition's purchases of earlier days are applied (tiers count
         complete days), in arrival order per partition, so an answer's segments do not depend on how the
         two topics interleave. Never blocks the agent (Faust feeds every stream from one fetch loop):
         answers wait in memory, and the survey partitions pause while too many wait."""
-        if self._draining or not self._pending:
+        if self._draining or not (self._pending or self._dead_lettered):
             return
         self._draining = True
         try:
@@ -198,8 +199,13 @@ class Pipeline:
                         blocked.add(item.partition)
                 (waiting if item.partition in blocked else ready).append(item)
             self._pending = waiting
-            if ready:
-                await self._process_answers(ready)
+            for start in range(0, len(ready), BATCH_SIZE):
+                await self._process_answers(ready[start:start + BATCH_SIZE])
+            if self._dead_lettered:
+                await self.app.producer.flush()
+                acks, self._dead_lettered = self._dead_lettered, []
+                for event in acks:
+                    event.ack()
             self._apply_backpressure()
         finally:
             self._draining = False

@@ -1,0 +1,95 @@
+"""Events per second through one npspulse worker on a real broker (prints figures; asserts nothing).
+
+Needs the local broker and Redis (`make services-start`, then `eval "$(deploy/local/services.sh env)"`).
+Produces a JSONL file to fresh topics, starts one worker, and times how long the worker's consumer group
+takes to commit every offset of the surveys and purchases topics. Repeat with --runs for a median.
+
+    python bench/worker_throughput.py FILE [--runs 3] [--partitions 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.app import app_id
+from streams.client import produce_files
+from streams.settings import load_config
+from streams.topics import TopicNames, kafka_client_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def lag(config, names: TopicNames, partitions: int) -> int:
+    consumer = Consumer({**kafka_client_config(config.kafka), "group.id": app_id(config.kafka),
+                         "enable.auto.commit": False})
+    try:
+        total = 0
+        tps = [TopicPartition(topic, p) for topic in (names.surveys, names.purchases) for p in range(partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - max(tp.offset, 0)
+        return total
+    finally:
+        consumer.close()
+
+
+def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    config_path = workdir / "npspulse.toml"
+    config_path.write_text(f"[kafka]\npartitions = {partitions}\n")
+    env = {**os.environ, "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix}
+    config = load_config(config_path, environ=env)
+    names = TopicNames.from_settings(config.kafka)
+    report = produce_files([path], config, progress=False)
+    log = (workdir / f"{prefix}log").open("wb")
+    started = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path),
+                               "-l", "warning", "--web-port", str(free_port())], cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        while lag(config, names, partitions) > 0:
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited; see {log.name}")
+            time.sleep(0.5)
+        return time.perf_counter() - started, report.total
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            seconds, events = run_once(args.file, args.partitions, Path(tmp))
+            rates.append(events / seconds)
+            print(f"run {run + 1}: {events:,} events in {seconds:.1f} s (start-up included): {rates[-1]:,.0f} events/s")
+    print(f"median over {len(rates)} runs: {statistics.median(rates):,.0f} events/s through one worker "
+          f"({args.partitions} partitions)")
+
+
+if __name__ == "__main__":
+    main()
