@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,9 @@ class Pipeline:
         self._purchase_seen: dict[int, float] = {}  # purchases partition -> wall time of the last one
         self._purchase_offsets: dict[int, int] = {}  # purchases partition -> last offset processed
         self._survey_offsets: dict[int, int] = {}  # surveys partition -> last offset received
-        self._pending: list[PendingAnswer] = []  # answers waiting for their purchases of earlier days
+        # Per survey partition, in arrival order: answers waiting for their purchases of earlier days.
+        self._pending: dict[int, deque[PendingAnswer]] = {}
+        self._received = 0  # answers received since the last drain
         self._dead_lettered: list[EventT] = []  # dead-lettered surveys, acknowledged after a flush
         self._draining = False
         self._paused = False
@@ -116,6 +119,7 @@ class Pipeline:
         """Rebalance: drop cached state; it is reloaded from the (recovered) tables on first use."""
         self._profile_cache.clear()
         self._pending.clear()  # unacknowledged: redelivered to whoever owns the partition now
+        self._received = 0
         self._dead_lettered.clear()
         self._paused = False
         self._stages.clear()
@@ -161,7 +165,7 @@ class Pipeline:
         # waited for its purchases; a rebalance or crash redelivers whatever was not.
         async for event in stream.noack().events():
             await self.receive_survey(event)
-            if len(self._pending) >= BATCH_SIZE:
+            if self._received >= BATCH_SIZE:
                 await self.drain_surveys()
 
     async def receive_survey(self, event: EventT) -> None:
@@ -174,31 +178,30 @@ class Pipeline:
             await self.send_dead_letter(message, error.field, error.reason)
             self._dead_lettered.append(event)  # acknowledged after the next flush
             return
-        self._pending.append(PendingAnswer(event, answer, message.partition))
+        self._pending.setdefault(message.partition, deque()).append(PendingAnswer(event, answer, message.partition))
+        self._received += 1
 
     async def drain_surveys(self) -> None:
         """Process held answers whose partition's purchases of earlier days are applied (tiers count
         complete days), in arrival order per partition, so an answer's segments do not depend on how the
         two topics interleave. Never blocks the agent (Faust feeds every stream from one fetch loop):
         answers wait in memory, and the survey partitions pause while too many wait."""
-        if self._draining or not (self._pending or self._dead_lettered):
+        if self._draining or not (self._dead_lettered or any(self._pending.values())):
             return
         self._draining = True
         try:
-            covered: dict[int, int] = {}  # partition -> day start its purchases are known to cover
-            blocked: set[int] = set()
+            self._received = 0
             ready: list[PendingAnswer] = []
-            waiting: list[PendingAnswer] = []
-            for item in self._pending:
-                at = item.answer.answered_at
-                day_start = at - at % DAY_MS
-                if item.partition not in blocked and day_start > covered.get(item.partition, -1):
-                    if await self._purchases_cover(item.partition, day_start):
-                        covered[item.partition] = day_start
-                    else:
-                        blocked.add(item.partition)
-                (waiting if item.partition in blocked else ready).append(item)
-            self._pending = waiting
+            for partition, queue in list(self._pending.items()):
+                covered = -1  # the day start this partition's purchases are known to cover
+                while queue:
+                    at = queue[0].answer.answered_at
+                    day_start = at - at % DAY_MS
+                    if day_start > covered:
+                        if not await self._purchases_cover(partition, day_start):
+                            break
+                        covered = day_start
+                    ready.append(queue.popleft())
             for start in range(0, len(ready), BATCH_SIZE):
                 await self._process_answers(ready[start:start + BATCH_SIZE])
             if self._dead_lettered:
@@ -244,11 +247,12 @@ class Pipeline:
     def _apply_backpressure(self) -> None:
         consumer = self.app.consumer
         surveys = [tp for tp in consumer.assignment() if tp.topic == self.names.surveys]
-        if not self._paused and len(self._pending) >= MAX_PENDING_ANSWERS:
+        waiting = sum(len(queue) for queue in self._pending.values())
+        if not self._paused and waiting >= MAX_PENDING_ANSWERS:
             consumer.pause_partitions(surveys)
             self._paused = True
-            log.info("%d answers wait for purchases of earlier days; survey partitions paused", len(self._pending))
-        elif self._paused and len(self._pending) <= MAX_PENDING_ANSWERS // 2:
+            log.info("%d answers wait for purchases of earlier days; survey partitions paused", waiting)
+        elif self._paused and waiting <= MAX_PENDING_ANSWERS // 2:
             consumer.resume_partitions(surveys)
             self._paused = False
 
@@ -272,7 +276,7 @@ class Pipeline:
             if tp.topic != self.names.surveys:
                 continue
             quiet = now - self._last_record.get(tp.partition, self._started) >= SOURCE_IDLE_SECONDS
-            held = any(item.partition == tp.partition for item in self._pending)
+            held = bool(self._pending.get(tp.partition))
             idle = quiet and not held and await self._caught_up(tp, self._survey_offsets.get(tp.partition))
             value = orjson.dumps({"m": tp.partition, "t": self._stream_times.get(tp.partition), "idle": idle})
             for partition in range(self.partitions):
