@@ -17,6 +17,7 @@ answers late, and window contents do not depend on arrival order across partitio
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -218,6 +219,7 @@ class Pipeline:
         partial = attributes is None
         triggers: list[RetargetTrigger] = []
         items = []
+        sent: list[Any] = []
         times: dict[int, int] = {}
         for pending in ready:
             answer = pending.answer
@@ -233,14 +235,16 @@ class Pipeline:
                 times[pending.partition] = answer.answered_at
         self.counters["surveys"] += len(ready)
         for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
-            await self.slices.send(key=segment_id.encode(), value=orjson.dumps(
-                {"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs}))
-        await self._send_triggers(triggers, partial)
+            sent.append(await self.slices.send(key=segment_id.encode(), value=orjson.dumps(
+                {"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs})))
+        sent.extend(await self._send_triggers(triggers, partial))
         # Only after the slices are queued: a watermark marker never overtakes the data it covers.
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
-        await self.app.producer.flush()  # delivered before acknowledged: a stop or crash loses nothing
+        # Delivered before acknowledged, so a stop or crash loses nothing. Waits for these records only,
+        # not for the whole producer (the purchases agent's changelog may have a long queue).
+        await asyncio.gather(*sent)
         for pending in ready:
             pending.event.ack()
 
@@ -363,13 +367,15 @@ class Pipeline:
             cooldown = self.settings.detection.cooldown_ms
             await self.store.set_cooldowns({a.segment_id: (a.id, cooldown) for a in out.alerts})
 
-    async def _send_triggers(self, triggers: list[RetargetTrigger], partial: bool) -> None:
+    async def _send_triggers(self, triggers: list[RetargetTrigger], partial: bool) -> list[Any]:
+        sent = []
         for trigger in triggers:
             record = trigger.to_dict()
             if partial:
                 record["enrichment"] = "partial"
-            await self.retarget.send(key=trigger.customer_id.encode(), value=orjson.dumps(record))
+            sent.append(await self.retarget.send(key=trigger.customer_id.encode(), value=orjson.dumps(record)))
         self.counters["triggers"] += len(triggers)
+        return sent
 
     async def send_dead_letter(self, message: Message, field: str, reason: str) -> None:
         self.counters["dead_letters"] += 1
