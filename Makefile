@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/npspulse simulate --customers 20000 --duration 24h --seed 7 \
 		--incident "region=EU|channel=app @ +14h for 60m +25pp" --malformed-rate 0.001 \
 		--out $(DEMO_DIR)/stream.jsonl
+	@echo "Injected incident: region=EU|channel=app, 2026-03-02 14:00-15:00 UTC, +25 pp detractors."
 	$(VENV)/bin/npspulse replay $(DEMO_DIR)/stream.jsonl --out-dir $(DEMO_DIR)
 
 # Starts a real Kafka broker (KRaft) and a real Redis on loopback, runs the whole suite, stops both.

@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.config import Config, KafkaSettings
 from processors.timeparse import format_rfc3339_ms
-from streams.progress import Progress
+from streams.progress import read_jsonl
 from streams.topics import TopicNames, kafka_client_config
 
 PRODUCER_DEFAULTS = {
@@ -88,34 +88,23 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
 
     ensure_topics(config)
     producer = make_producer(config.kafka)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = Progress(sum(path.stat().st_size for path in files), "produce", enabled=show)
     started = time.perf_counter()
-    try:
-        for path in files:
-            with path.open("rb") as handle:
-                for number, line in enumerate(handle, start=1):
-                    bar.advance(len(line))
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        continue
-                    key, kind = _key_and_type(line)
-                    destination = target or {"survey": names.surveys, "purchase": names.purchases}.get(kind or "")
-                    headers = None
-                    if destination is None:
-                        # Nothing is lost: a line that names no valid type goes to the dead letters.
-                        report.unroutable += 1
-                        destination = names.dead_letter
-                        headers = [("npspulse.reason", b"unroutable: not a JSON object with 'type' survey or purchase"),
-                                   ("npspulse.field", b"type"), ("npspulse.source.file", str(path).encode()),
-                                   ("npspulse.source.line", str(number).encode())]
-                    _send(producer, destination, key, line, delivered, headers)
-                    report.sent[destination] = report.sent.get(destination, 0) + 1
-        remaining = producer.flush(60)
-        if remaining:
-            report.failed += remaining
-    finally:
-        bar.finish()
+    for path, number, line in read_jsonl(files, "produce", progress):
+        key, kind = _key_and_type(line)
+        destination = target or {"survey": names.surveys, "purchase": names.purchases}.get(kind or "")
+        headers = None
+        if destination is None:
+            # Nothing is lost: a line that names no valid type goes to the dead letters.
+            report.unroutable += 1
+            destination = names.dead_letter
+            headers = [("npspulse.reason", b"unroutable: not a JSON object with 'type' survey or purchase"),
+                       ("npspulse.field", b"type"), ("npspulse.source.file", str(path).encode()),
+                       ("npspulse.source.line", str(number).encode())]
+        _send(producer, destination, key, line, delivered, headers)
+        report.sent[destination] = report.sent.get(destination, 0) + 1
+    remaining = producer.flush(60)
+    if remaining:
+        report.failed += remaining
     report.seconds = time.perf_counter() - started
     if failures:
         print(f"npspulse produce: delivery failures, e.g. {failures[0]}", file=sys.stderr)

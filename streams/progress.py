@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class Progress:
@@ -34,3 +36,20 @@ class Progress:
         sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {share:6.1%}  "
                          f"{elapsed:5.1f}s elapsed, ~{eta:4.0f}s left ")
         sys.stderr.flush()
+
+
+def read_jsonl(files: list[Path], label: str, progress: bool | None) -> Iterator[tuple[Path, int, bytes]]:
+    """Non-blank lines of JSONL files as (file, line number, bytes without the newline), with a progress
+    bar on stderr (by default only on a terminal)."""
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(sum(path.stat().st_size for path in files), label, enabled=show)
+    try:
+        for path in files:
+            with path.open("rb") as handle:
+                for number, line in enumerate(handle, start=1):
+                    bar.advance(len(line))
+                    line = line.rstrip(b"\r\n")
+                    if line.strip():
+                        yield path, number, line
+    finally:
+        bar.finish()

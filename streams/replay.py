@@ -6,7 +6,6 @@ Every input line ends up somewhere: counted by the engine, or in the dead-letter
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from processors.engine import Engine, Outputs
 from processors.events import EventError, Purchase, TimeBounds, parse_event
 from processors.nps import NpsCounts
 from processors.timeparse import format_duration_ms, format_rfc3339_ms
-from streams.progress import Progress
+from streams.progress import read_jsonl
 
 OUTPUT_FILES = ("alerts.jsonl", "triggers.jsonl", "windows.jsonl", "dead-letter.jsonl")
 
@@ -73,33 +72,24 @@ def replay(files: Iterable[Path], settings: EngineSettings, out_dir: Path, *, no
     result = ReplayResult()
     tally_window = _totals_window(settings)
     sinks = _Sinks(out_dir)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = Progress(sum(path.stat().st_size for path in files), "replay", enabled=show)
     started = time.perf_counter()
     try:
-        for path in files:
-            with path.open("rb") as handle:
-                for number, line in enumerate(handle, start=1):
-                    bar.advance(len(line))
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        continue
-                    result.lines += 1
-                    try:
-                        event = parse_event(line, bounds, default_time_ms=engine.max_event_time)
-                        out = engine.process(event)
-                    except EventError as error:
-                        _dead_letter(sinks, result, path, number, line, error.field, error.reason)
-                        continue
-                    if isinstance(event, Purchase):
-                        result.purchases += 1
-                    else:
-                        result.surveys += 1
-                    _emit(out, sinks, result, path, number, line, settings, tally_window)
+        for path, number, line in read_jsonl(files, "replay", progress):
+            result.lines += 1
+            try:
+                event = parse_event(line, bounds, default_time_ms=engine.max_event_time)
+                out = engine.process(event)
+            except EventError as error:
+                _dead_letter(sinks, result, path, number, line, error.field, error.reason)
+                continue
+            if isinstance(event, Purchase):
+                result.purchases += 1
+            else:
+                result.surveys += 1
+            _emit(out, sinks, result, path, number, line, settings, tally_window)
         _emit(engine.flush(), sinks, result, None, 0, b"", settings, tally_window)
     finally:
         sinks.close()
-        bar.finish()
     result.seconds = time.perf_counter() - started
     return result
 
