@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from processors.config import Config, KafkaSettings
+from processors.config import Config, ConfigError, KafkaSettings
 from processors.timeparse import format_rfc3339_ms
 from streams.progress import read_jsonl
 from streams.topics import TopicNames, kafka_client_config
@@ -50,12 +50,20 @@ class ProduceReport:
 
 
 def ensure_topics(config: Config, topics: list[str] | None = None) -> None:
-    """Create the input and output topics with the configured partitions if they do not exist yet
-    (a broker's auto-creation would give them its default partition count, breaking co-partitioning)."""
+    """Create the input and output topics with the configured partitions if they do not exist yet (a
+    broker's auto-creation would give them its default partition count, breaking co-partitioning), and
+    refuse existing ones whose partition count differs from ``kafka.partitions``."""
     names = TopicNames.from_settings(config.kafka)
-    wanted = topics or [names.surveys, names.purchases, names.alerts, names.windows, names.retarget, names.dead_letter]
+    wanted = topics or [names.surveys, names.purchases, names.alerts, names.windows, names.retarget,
+                        names.dead_letter]
     admin = AdminClient(kafka_client_config(config.kafka))
     existing = admin.list_topics(timeout=15).topics
+    for name in (names.surveys, names.purchases):
+        if name in existing and len(existing[name].partitions) != config.kafka.partitions:
+            raise ConfigError("kafka.partitions", f"topic {name} has {len(existing[name].partitions)} partitions, "
+                              f"the config says {config.kafka.partitions}",
+                              f"set kafka.partitions = {len(existing[name].partitions)} (surveys and purchases "
+                              "must have the same count)")
     missing = [NewTopic(name, num_partitions=config.kafka.partitions, replication_factor=config.kafka.replication_factor)
                for name in wanted if name not in existing]
     for future in (admin.create_topics(missing).values() if missing else ()):
