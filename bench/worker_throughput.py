@@ -63,7 +63,7 @@ def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
     log = (workdir / f"{prefix}log").open("wb")
     started = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path),
-                               "-l", "warning", "--web-port", str(free_port())], cwd=REPO, env=env, stdout=log, stderr=log)
+                               "-l", "info", "--web-port", str(free_port())], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
         while lag(config, names, partitions) > 0:
             if worker.poll() is not None:

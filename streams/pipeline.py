@@ -101,6 +101,7 @@ class Pipeline:
         app.agent(self.slices, name="npspulse.segments")(self.process_slices)
         app.timer(WATERMARK_SECONDS)(self.send_watermarks)
         app.timer(BATCH_SECONDS)(self.drain_surveys)
+        app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
     def _topic(self, name: str, *, internal: bool = False) -> faust.TopicT:
@@ -116,19 +117,29 @@ class Pipeline:
     def _bounds(self) -> TimeBounds:
         return TimeBounds(now_ms=int(time.time() * 1000), max_future_ms=self.settings.max_future_ms)
 
-    async def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
-        """Rebalance: drop cached state; it is reloaded from the (recovered) tables on first use."""
+    async def _on_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        """Forget what belongs to partitions this worker no longer owns. Held answers of a revoked partition
+        were never acknowledged: its new owner gets them again from the committed offset. Partitions kept
+        through a rebalance keep everything (Faust does not redeliver what it already handed over)."""
         self._profile_cache.clear()
-        self._pending.clear()  # unacknowledged: redelivered to whoever owns the partition now
-        self._received = 0
-        self._dead_lettered.clear()
-        self._paused = False
-        self._stages.clear()
-        self._trackers.clear()
-        for progress in (self._stream_times, self._last_record, self._purchase_times, self._purchase_seen,
-                         self._purchase_offsets, self._survey_offsets):
-            progress.clear()  # a partition may come back with a backlog: learn its progress afresh
+        for tp in revoked:
+            partition = tp.partition
+            if tp.topic == self.names.surveys:
+                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets):
+                    progress.pop(partition, None)
+            elif tp.topic == self.names.purchases:
+                for progress in (self._purchase_times, self._purchase_seen, self._purchase_offsets):
+                    progress.pop(partition, None)
+            elif tp.topic == self.names.segment_slices:
+                self._stages.pop(partition, None)  # reloaded from the segments table on first use
+                self._trackers.pop(partition, None)
+        self._dead_lettered = [e for e in self._dead_lettered if e.message.tp not in revoked]
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+
+    async def _on_assigned(self, sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         self._started = time.monotonic()  # "quiet since" counts from the assignment, not from start-up
+        if self._paused:
+            self.app.consumer.pause_partitions([tp for tp in assigned if tp.topic == self.names.surveys])
 
     # ------------------------------------------------------------ purchases -> profiles
 
