@@ -112,24 +112,25 @@ class SegmentStage:
         self.last_closed: list[str] = []  # segments whose state the last ``advance`` changed
         self._due: list[tuple[int, str]] = []  # (watermark at which a slice closes, segment id)
 
-    def add(self, item: SegmentAnswer, state: SegmentState | None = None) -> None:
+    def add(self, item: SegmentAnswer) -> None:
         """Count one segment answer; raises LateAnswer if its slice is closed."""
-        if state is None:
-            state = self.segments.get(item.segment_id)
-            if state is None:
-                state = self.segments[item.segment_id] = SegmentState()
-        opened = state.windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms)
-        if opened is not None:
-            heapq.heappush(self._due, (opened, item.segment_id))
+        windows = self._state(item.segment_id).windows
+        self._due_at(windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms), item.segment_id)
 
     def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef]) -> None:
         """Merge a pre-aggregated slice; raises LateAnswer if the slice is closed."""
+        windows = self._state(segment_id).windows
+        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms), segment_id)
+
+    def _state(self, segment_id: str) -> SegmentState:
         state = self.segments.get(segment_id)
         if state is None:
             state = self.segments[segment_id] = SegmentState()
-        opened = state.windows.add_slice(start, counts, refs, self.settings.windows.slice_ms)
-        if opened is not None:
-            heapq.heappush(self._due, (opened, segment_id))
+        return state
+
+    def _due_at(self, watermark: int | None, segment_id: str) -> None:
+        if watermark is not None:
+            heapq.heappush(self._due, (watermark, segment_id))
 
     def load(self, segment_id: str, state: SegmentState) -> None:
         """Adopt a segment's state recovered from storage, scheduling the close of its open slices."""
@@ -137,9 +138,7 @@ class SegmentStage:
         self._schedule(segment_id, state)
 
     def _schedule(self, segment_id: str, state: SegmentState) -> None:
-        due = state.windows.next_due(self.settings.windows)
-        if due is not None:
-            heapq.heappush(self._due, (due, segment_id))
+        self._due_at(state.windows.next_due(self.settings.windows), segment_id)
 
     def advance(self, watermark: int) -> Outputs:
         """Close every slice the watermark has passed; detect on the windows that became final."""

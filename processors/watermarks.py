@@ -34,10 +34,6 @@ class WatermarkTracker:
             progress.stream_time = stream_time
         progress.idle = idle
 
-    def observe(self, source: int, event_time: int) -> None:
-        """Data from ``source`` seen directly: it is active and at least this far."""
-        self.update(source, event_time, False)
-
     def watermark(self) -> int | None:
         if len(self.sources) < self.expected_sources:
             return None

@@ -152,7 +152,7 @@ class Pipeline:
                 purchase = parse_event(event.value, self._bounds(), expected_type="purchase",
                                        default_time_ms=int(message.timestamp * 1000))
                 key = purchase.customer_id.encode()
-                profile = self._profile(key)
+                profile = self._profile(key) or CustomerProfile()
                 self.customer_stage.purchase(purchase, profile)
             except EventError as error:
                 await self.send_dead_letter(message, error.field, error.reason)
@@ -163,11 +163,12 @@ class Pipeline:
             self._profile_cache[key] = profile
             self.profiles[key] = profile.to_dict()
 
-    def _profile(self, key: bytes) -> CustomerProfile:
+    def _profile(self, key: bytes) -> CustomerProfile | None:
+        """The customer's profile (cache, then table); None for a customer without purchases."""
         profile = self._profile_cache.get(key)
         if profile is None:
             stored = self.profiles.get(key)
-            profile = CustomerProfile.from_dict(stored) if stored else CustomerProfile()
+            profile = CustomerProfile.from_dict(stored) if stored else None
         return profile
 
     # ------------------------------------------------------------ surveys -> segment slices
@@ -236,12 +237,7 @@ class Pipeline:
             answer = pending.answer
             if attributes:
                 answer = enrich(answer, attributes.get(answer.customer_id))
-            key = answer.customer_id.encode()
-            profile = self._profile_cache.get(key)
-            if profile is None:
-                stored = self.profiles.get(key)
-                profile = CustomerProfile.from_dict(stored) if stored else None
-            items.extend(self.customer_stage.answer(answer, profile, triggers))
+            items.extend(self.customer_stage.answer(answer, self._profile(answer.customer_id.encode()), triggers))
             if answer.answered_at > times.get(pending.partition, -1):
                 times[pending.partition] = answer.answered_at
         self.counters["surveys"] += len(ready)
