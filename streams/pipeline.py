@@ -49,6 +49,7 @@ BATCH_SECONDS = 0.2
 WATERMARK_SECONDS = 1.0
 SOURCE_IDLE_SECONDS = 3.0
 MAX_PENDING_ANSWERS = 50_000
+STATUS_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -92,7 +93,9 @@ class Pipeline:
         self._received = 0  # answers received since the last drain
         self._dead_lettered: list[EventT] = []  # dead-lettered surveys, acknowledged after a flush
         self._draining = False
+        self._in_flight: set[int] = set()  # survey partitions whose answers a drain is processing
         self._paused = False
+        self._idle: dict[int, bool] = {}  # survey partition -> idle as last reported
         self._started = time.monotonic()
         self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
                                          "alerts": 0, "triggers": 0, "windows": 0}
@@ -101,6 +104,7 @@ class Pipeline:
         app.agent(self.slices, name="npspulse.segments")(self.process_slices)
         app.timer(WATERMARK_SECONDS)(self.send_watermarks)
         app.timer(BATCH_SECONDS)(self.drain_surveys)
+        app.timer(STATUS_SECONDS)(self.log_status)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -125,7 +129,7 @@ class Pipeline:
         for tp in revoked:
             partition = tp.partition
             if tp.topic == self.names.surveys:
-                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets):
+                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets, self._idle):
                     progress.pop(partition, None)
             elif tp.topic == self.names.purchases:
                 for progress in (self._purchase_times, self._purchase_seen, self._purchase_offsets):
@@ -215,6 +219,9 @@ class Pipeline:
                             break
                         covered = day_start
                     ready.append(queue.popleft())
+            # Until their slices are queued these answers are neither held nor covered by a stream time: a
+            # partition with answers in flight must not look idle, or a marker could overtake its slices.
+            self._in_flight = {pending.partition for pending in ready}
             for start in range(0, len(ready), BATCH_SIZE):
                 await self._process_answers(ready[start:start + BATCH_SIZE])
             if self._dead_lettered:
@@ -225,6 +232,7 @@ class Pipeline:
             self._apply_backpressure()
         finally:
             self._draining = False
+            self._in_flight = set()
 
     async def _process_answers(self, ready: list[PendingAnswer]) -> None:
         attributes = await self.store.attributes([p.answer.customer_id for p in ready]) if self.store else {}
@@ -287,11 +295,23 @@ class Pipeline:
             if tp.topic != self.names.surveys:
                 continue
             quiet = now - self._last_record.get(tp.partition, self._started) >= SOURCE_IDLE_SECONDS
-            held = bool(self._pending.get(tp.partition))
+            held = bool(self._pending.get(tp.partition)) or tp.partition in self._in_flight
             idle = quiet and not held and await self._caught_up(tp, self._survey_offsets.get(tp.partition))
+            if self._idle.get(tp.partition) != idle:
+                log.info("survey partition %d is %s", tp.partition, "idle" if idle else "active")
+                self._idle[tp.partition] = idle
             value = orjson.dumps({"m": tp.partition, "t": self._stream_times.get(tp.partition), "idle": idle})
             for partition in range(self.partitions):
                 await self.slices.send(key=b"", value=value, partition=partition)
+
+    async def log_status(self) -> None:
+        """Every few seconds at info level: per partition, the stream time, held answers and watermark."""
+        def stamp(ms: int | None) -> str:
+            return "-" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+        sources = {p: (stamp(t), len(self._pending.get(p, ()))) for p, t in sorted(self._stream_times.items())}
+        marks = {p: stamp(tracker.watermark()) for p, tracker in sorted(self._trackers.items())}
+        log.info("status: surveys (stream time, held) %s; watermarks %s; counters %s%s", sources, marks,
+                 self.counters, "; survey partitions paused" if self._paused else "")
 
     async def _caught_up(self, tp: Any, processed: int | None) -> bool:
         """Everything in the partition has been handled (``processed``: the last offset this worker handled,
