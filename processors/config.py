@@ -314,6 +314,13 @@ def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
     if mechanism is not None and mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         raise ConfigError(f"{where}.sasl_mechanism", f"{mechanism!r} is not supported",
                           "use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if mechanism is None and protocol.startswith("SASL"):
+        # No default: librdkafka would pick GSSAPI and aiokafka PLAIN.
+        raise ConfigError(f"{where}.sasl_mechanism", f"missing (security_protocol is {protocol})",
+                          "set sasl_mechanism = 'SCRAM-SHA-512' (or PLAIN, SCRAM-SHA-256)")
+    if section.get("ssl_keyfile") is not None and section.get("ssl_certfile") is None:
+        raise ConfigError(f"{where}.ssl_keyfile", "set without ssl_certfile",
+                          "set ssl_certfile to the client certificate (PEM) the key belongs to")
     if "sasl_password" in section:
         raise ConfigError(f"{where}.sasl_password", "secrets do not belong in the config file",
                           "set NPSPULSE_KAFKA_SASL_PASSWORD in the environment instead")

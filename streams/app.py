@@ -8,6 +8,7 @@ import faust
 
 from processors.config import Config, KafkaSettings
 from streams import codec
+from streams.topics import check_credentials
 
 
 def app_id(kafka: KafkaSettings) -> str:
@@ -16,6 +17,10 @@ def app_id(kafka: KafkaSettings) -> str:
 
 
 def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """aiokafka's auth settings. Faust derives the protocol from the credentials: SASLCredentials with an
+    SSL context is SASL_SSL, without one SASL_PLAINTEXT; the context verifies the broker against
+    ``ssl_cafile`` (or the system CAs) including its hostname."""
+    check_credentials(kafka)
     context = None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=kafka.ssl_cafile)
@@ -23,7 +28,7 @@ def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SS
             context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
     if kafka.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
-                                     mechanism=kafka.sasl_mechanism or "PLAIN", ssl_context=context)
+                                     mechanism=kafka.sasl_mechanism, ssl_context=context)
     return faust.SSLCredentials(context) if context is not None else None
 
 

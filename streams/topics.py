@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processors.config import KafkaSettings
+from processors.config import ConfigError, KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +32,23 @@ class TopicNames:
 
 def kafka_client_config(kafka: KafkaSettings) -> dict[str, str]:
     """librdkafka (confluent-kafka) connection settings; the password comes from the environment only."""
+    check_credentials(kafka)
     config = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
-    if kafka.sasl_mechanism:
-        config["sasl.mechanism"] = kafka.sasl_mechanism
-    if kafka.sasl_username:
-        config["sasl.username"] = kafka.sasl_username
-    if kafka.sasl_password:
-        config["sasl.password"] = kafka.sasl_password
+    optional = {"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
+                "sasl.password": kafka.sasl_password, "ssl.ca.location": kafka.ssl_cafile,
+                "ssl.certificate.location": kafka.ssl_certfile, "ssl.key.location": kafka.ssl_keyfile}
+    config.update({key: value for key, value in optional.items() if value})
     return config
+
+
+def check_credentials(kafka: KafkaSettings) -> None:
+    """A SASL protocol needs a username and a password, which the config file alone cannot give (the
+    password only comes from the environment), so this is checked when a Kafka client is made."""
+    if not kafka.security_protocol.startswith("SASL"):
+        return
+    if not kafka.sasl_username:
+        raise ConfigError("kafka.sasl_username", f"missing (security_protocol is {kafka.security_protocol})",
+                          "set sasl_username in [kafka] or NPSPULSE_KAFKA_SASL_USERNAME")
+    if not kafka.sasl_password:
+        raise ConfigError("kafka.sasl_password", f"missing (security_protocol is {kafka.security_protocol})",
+                          "set NPSPULSE_KAFKA_SASL_PASSWORD in the environment")

@@ -1,8 +1,10 @@
 """Shared pytest fixtures.
 
 The real-services fixtures point at the Kafka broker and Redis that `make test` starts on loopback
-(deploy/local/with-services.sh exports NPSPULSE_KAFKA_BOOTSTRAP / NPSPULSE_REDIS_URL). Outside of that,
-tests needing them are skipped locally and fail under CI (env CI set), so CI can never go green by skipping.
+(deploy/local/with-services.sh exports NPSPULSE_KAFKA_BOOTSTRAP / NPSPULSE_REDIS_URL, and for the broker's
+SASL_SSL listener NPSPULSE_TEST_SASL_SSL_BOOTSTRAP / _SASL_USERNAME / _SASL_PASSWORD / NPSPULSE_TEST_SSL_CAFILE).
+Outside of that, tests needing them are skipped locally and fail under CI (env CI set), so CI can never go
+green by skipping.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -37,6 +40,25 @@ def kafka_bootstrap() -> str:
 def redis_url() -> str:
     """URL of the real Redis, e.g. ``redis://127.0.0.1:6390/0``."""
     return _service_env("NPSPULSE_REDIS_URL")
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """The broker's SASL_SSL listener: one user for SCRAM-SHA-512 and PLAIN, and the CA of its certificate."""
+
+    bootstrap: str
+    username: str
+    password: str = field(repr=False)
+    cafile: str
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl() -> SaslSsl:
+    """The SASL_SSL listener of the real broker, e.g. ``127.0.0.1:19094`` (see deploy/local/services.sh)."""
+    return SaslSsl(bootstrap=_service_env("NPSPULSE_TEST_SASL_SSL_BOOTSTRAP"),
+                   username=_service_env("NPSPULSE_TEST_SASL_USERNAME"),
+                   password=_service_env("NPSPULSE_TEST_SASL_PASSWORD"),
+                   cafile=_service_env("NPSPULSE_TEST_SSL_CAFILE"))
 
 
 @pytest.fixture

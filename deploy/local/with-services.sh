@@ -3,7 +3,8 @@
 #
 #   deploy/local/with-services.sh CMD [ARGS...]
 #
-# Exports NPSPULSE_KAFKA_BOOTSTRAP and NPSPULSE_REDIS_URL for CMD and exits with CMD's exit code.
+# Exports NPSPULSE_KAFKA_BOOTSTRAP and NPSPULSE_REDIS_URL (and the NPSPULSE_TEST_SASL_* / NPSPULSE_TEST_SSL_CAFILE
+# of the SASL_SSL listener, see services.sh) for CMD and exits with CMD's exit code.
 # Services are stopped on every exit path (success, failure, Ctrl-C, startup error).
 # pytest's exit code 5 ("no tests collected") is kept, i.e. it counts as a failure.
 set -euo pipefail

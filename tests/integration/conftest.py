@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -70,18 +71,23 @@ class Deployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
+def deploy(tmp_path: Path, config_text: str, **env: str) -> Iterator[Deployment]:
+    """A Deployment with this config file and environment (NPSPULSE_KAFKA_BOOTSTRAP, ...); kills its
+    workers afterwards. For fixtures: ``yield from deploy(...)``."""
     prefix = f"it{uuid.uuid4().hex[:10]}."
     config_path = tmp_path / "npspulse.toml"
-    config_path.write_text(TEST_CONFIG)
-    env = {**os.environ, "NPSPULSE_KAFKA_BOOTSTRAP": kafka_bootstrap, "NPSPULSE_REDIS_URL": redis_url,
-           "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix, "PYTHONUNBUFFERED": "1"}
+    config_path.write_text(config_text)
+    env = {**os.environ, **env, "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix, "PYTHONUNBUFFERED": "1"}
     config = load_config(config_path, environ=env)
     deployment = Deployment(tmp_path, env, config_path, config, TopicNames.from_settings(config.kafka))
     yield deployment
     for process in deployment.workers:
         deployment.stop_worker(process, signal.SIGKILL, timeout=10)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> Iterator[Deployment]:
+    yield from deploy(tmp_path, TEST_CONFIG, NPSPULSE_KAFKA_BOOTSTRAP=kafka_bootstrap, NPSPULSE_REDIS_URL=redis_url)
 
 
 class TopicReader:
@@ -121,8 +127,7 @@ class TopicReader:
         self._consumer.close()
 
 
-@pytest.fixture
-def reader(deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
+def _readers(deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
     readers: list[TopicReader] = []
 
     def make(topic: str) -> TopicReader:
@@ -132,3 +137,25 @@ def reader(deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
     yield make
     for item in readers:
         item.close()
+
+
+@pytest.fixture
+def reader(deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
+    yield from _readers(deployment)
+
+
+@pytest.fixture
+def sasl_deployment(tmp_path: Path, kafka_sasl_ssl, redis_url: str) -> Iterator[Deployment]:
+    """A deployment whose worker and clients all use the broker's SASL_SSL listener with SCRAM-SHA-512;
+    the password is only in the environment (NPSPULSE_KAFKA_SASL_PASSWORD), never in the config file."""
+    config = TEST_CONFIG + (f'security_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+                            f"sasl_username = {json.dumps(kafka_sasl_ssl.username)}\n"
+                            f"ssl_cafile = {json.dumps(kafka_sasl_ssl.cafile)}\n")
+    yield from deploy(tmp_path, config, NPSPULSE_KAFKA_BOOTSTRAP=kafka_sasl_ssl.bootstrap, NPSPULSE_REDIS_URL=redis_url,
+                      NPSPULSE_KAFKA_SASL_PASSWORD=kafka_sasl_ssl.password)
+
+
+@pytest.fixture
+def sasl_reader(sasl_deployment: Deployment) -> Iterator[Callable[[str], TopicReader]]:
+    """Like ``reader``, over SASL_SSL."""
+    yield from _readers(sasl_deployment)

@@ -113,6 +113,10 @@ BAD_CONFIGS = [
     ("band edges not increasing", setter("dimensions", "age_band", "edges", value=[35, 25]),
      "dimensions.age_band.edges"),
     ("bad security protocol", setter("kafka", "security_protocol", value="TLS"), "kafka.security_protocol"),
+    ("unsupported sasl mechanism", setter("kafka", "sasl_mechanism", value="GSSAPI"), "kafka.sasl_mechanism"),
+    ("sasl without a mechanism", setter("kafka", "security_protocol", value="SASL_SSL"), "kafka.sasl_mechanism"),
+    ("ssl key without a certificate", setter("kafka", "ssl_keyfile", value="/etc/npspulse/client.key"),
+     "kafka.ssl_keyfile"),
     ("redis url not redis", setter("redis", "url", value="http://localhost:6379"), "redis.url"),
     ("max_future not a duration", setter("events", "max_future", value="soon"), "events.max_future"),
 ]
@@ -138,6 +142,15 @@ def test_sasl_password_is_refused_with_the_env_var_fix_and_not_echoed(default_do
         config_from_dict(default_doc)
     assert "NPSPULSE_KAFKA_SASL_PASSWORD" in caught.value.fix
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_ssl_settings_are_accepted(default_doc: dict[str, Any], mechanism: str) -> None:
+    default_doc["kafka"].update(security_protocol="SASL_SSL", sasl_mechanism=mechanism, sasl_username="npspulse",
+                                ssl_cafile="/etc/npspulse/ca.pem")
+    kafka = config_from_dict(default_doc).kafka
+    assert (kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username) == ("SASL_SSL", mechanism, "npspulse")
+    assert (kafka.ssl_cafile, kafka.sasl_password) == ("/etc/npspulse/ca.pem", None)
 
 
 def test_unknown_setting_lists_the_known_ones(default_doc: dict[str, Any]) -> None:
