@@ -49,21 +49,17 @@ class ProduceReport:
         return sum(self.sent.values())
 
 
-def ensure_topics(config: Config, topics: list[str] | None = None) -> None:
+def ensure_topics(config: Config) -> None:
     """Create the input and output topics with the configured partitions if they do not exist yet (a
     broker's auto-creation would give them its default partition count, breaking co-partitioning), and
-    refuse existing ones whose partition count differs from ``kafka.partitions``."""
+    refuse input topics whose partition count differs from ``kafka.partitions``."""
     names = TopicNames.from_settings(config.kafka)
-    wanted = topics or [names.surveys, names.purchases, names.alerts, names.windows, names.retarget,
-                        names.dead_letter]
+    wanted = [names.surveys, names.purchases, names.alerts, names.windows, names.retarget, names.dead_letter]
     admin = AdminClient(kafka_client_config(config.kafka))
     existing = admin.list_topics(timeout=15).topics
-    for name in (names.surveys, names.purchases):
-        if name in existing and len(existing[name].partitions) != config.kafka.partitions:
-            raise ConfigError("kafka.partitions", f"topic {name} has {len(existing[name].partitions)} partitions, "
-                              f"the config says {config.kafka.partitions}",
-                              f"set kafka.partitions = {len(existing[name].partitions)} (surveys and purchases "
-                              "must have the same count)")
+    for name in (names.surveys, names.purchases):  # refuse before creating anything
+        if name in existing:
+            _check_partitions(config, name, len(existing[name].partitions))
     missing = [NewTopic(name, num_partitions=config.kafka.partitions, replication_factor=config.kafka.replication_factor)
                for name in wanted if name not in existing]
     for future in (admin.create_topics(missing).values() if missing else ()):
@@ -72,6 +68,29 @@ def ensure_topics(config: Config, topics: list[str] | None = None) -> None:
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    # Checked after creation, per topic: a topic created a moment ago by someone else may not have been in
+    # the cluster-wide listing above yet.
+    for name in (names.surveys, names.purchases):
+        _check_partitions(config, name, _partition_count(admin, name))
+
+
+def _check_partitions(config: Config, topic: str, partitions: int) -> None:
+    if partitions != config.kafka.partitions:
+        raise ConfigError("kafka.partitions", f"topic {topic} has {partitions} partitions, "
+                          f"the config says {config.kafka.partitions}",
+                          f"set kafka.partitions = {partitions} (surveys and purchases must have the same count)")
+
+
+def _partition_count(admin: AdminClient, topic: str, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            return len(metadata.partitions)
+        if time.monotonic() >= deadline:
+            raise KafkaException(metadata.error if metadata is not None and metadata.error else
+                                 KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic} not visible"))
+        time.sleep(0.2)
 
 
 def make_producer(kafka: KafkaSettings, **overrides: object) -> Producer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -27,6 +28,9 @@ def test_input_topics_with_another_partition_count_stop_start_up(deployment) -> 
     admin = AdminClient(kafka_client_config(deployment.config.kafka))
     admin.create_topics([NewTopic(deployment.names.surveys, num_partitions=2, replication_factor=1)])[
         deployment.names.surveys].result(15)
+    deadline = time.monotonic() + 15  # creation returns before every broker's metadata lists the topic
+    while deployment.names.surveys not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.1)
     with pytest.raises(ConfigError) as raised:
         ensure_topics(deployment.config)
     assert raised.value.field == "kafka.partitions" and "2" in raised.value.fix
