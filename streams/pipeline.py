@@ -36,7 +36,7 @@ from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeB
 from processors.nps import NpsCounts
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
-from processors.timeparse import DAY_MS
+from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer
 from streams.redis_store import RedisStore
@@ -307,7 +307,7 @@ class Pipeline:
     async def log_status(self) -> None:
         """Every few seconds at info level: per partition, the stream time, held answers and watermark."""
         def stamp(ms: int | None) -> str:
-            return "-" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+            return "-" if ms is None else format_rfc3339_ms(ms)
         sources = {p: (stamp(t), len(self._pending.get(p, ()))) for p, t in sorted(self._stream_times.items())}
         marks = {p: stamp(tracker.watermark()) for p, tracker in sorted(self._trackers.items())}
         log.info("status: surveys (stream time, held) %s; watermarks %s; counters %s%s", sources, marks,
