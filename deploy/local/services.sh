@@ -68,13 +68,14 @@ load_ports() {
   fi
 }
 
-java_bin() {
-  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
-    printf '%s' "$JAVA_HOME/bin/java"
-  elif command -v java >/dev/null 2>&1; then
-    command -v java
+# A JDK tool (java, keytool): from $JAVA_HOME if set, else from PATH; dies with the hint if missing.
+jdk_tool() {  # name, hint
+  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/$1" ]]; then
+    printf '%s' "$JAVA_HOME/bin/$1"
+  elif command -v "$1" >/dev/null 2>&1; then
+    command -v "$1"
   else
-    die "java not found (need Java 11+ for Kafka; e.g. apt-get install -y openjdk-17-jre-headless)"
+    die "$1 not found ($2)"
   fi
 }
 
@@ -190,22 +191,12 @@ random_secret() {
   printf '%s' "${secret:0:32}"
 }
 
-keytool_bin() {
-  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/keytool" ]]; then
-    printf '%s' "$JAVA_HOME/bin/keytool"
-  elif command -v keytool >/dev/null 2>&1; then
-    command -v keytool
-  else
-    die "keytool not found (it ships with the JDK/JRE that runs Kafka)"
-  fi
-}
-
 # A throwaway CA (ca.pem, for clients) and the broker's key + certificate chain (broker.p12) with
 # SAN IP:127.0.0.1 and DNS:localhost, so clients verify the hostname they dial. EC keys and parallel
 # keytool runs keep this to a couple of seconds; it runs while the storage is formatted.
 generate_tls() {  # dir, keystore password
   local dir="$1" pass="$2" keytool kt first second
-  keytool="$(keytool_bin)"
+  keytool="$(jdk_tool keytool "it ships with the JDK/JRE that runs Kafka")"
   kt=("$keytool" -J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC)
   mkdir -p "$dir"
   "${kt[@]}" -genkeypair -alias ca -keyalg EC -groupname secp256r1 -validity 30 -dname "CN=npspulse local test CA" \
@@ -278,7 +269,7 @@ sys.exit(0 if md.brokers else 1)
 
 start_kafka() {
   local java version dir cluster_id pid probe_py deadline keystore_password tls_pid
-  java="$(java_bin)"
+  java="$(jdk_tool java "need Java 11+ for Kafka; e.g. apt-get install -y openjdk-17-jre-headless")"
   ensure_kafka_libs
   version="$(kafka_version)"
   dir="$RUN_DIR/kafka"
