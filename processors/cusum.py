@@ -109,14 +109,57 @@ class BernoulliCusum:
         return cls(float(data[0]), int(data[1]), int(data[2]))
 
 
-def _lattice_steps(q0: float, q1: float, m: int) -> tuple[int, int]:
+LATTICE_MAX_STEP = 500
+LATTICE_MIN_M = 60.0
+LATTICE_RATIO_TOLERANCE = 5e-4
+
+
+@lru_cache(maxsize=65536)
+def lattice_for(q0: float, q1: float) -> tuple[int, int, float]:
+    """The lattice (a, b, m) on which the CUSUM for q0 -> q1 is (nearly) exact: S = i/m, up a, down b states.
+
+    A detractor moves S up by ln(q1/q0) = a/m exactly; any other answer moves it down by b/m, which equals
+    |ln((1-q1)/(1-q0))| to a relative error below 5e-4 where possible (the first rational approximation b/a
+    of the step ratio that good with m >= 60, i.e. h resolved to 1/60 or finer; else the best with a, b
+    <= 500; coprime). The chain is then the real CUSUM up to that error (ln ARL0 off by ~0.03 at h = 12),
+    which matters: rounding both steps on a fixed m = 400 moves their ratio by ~0.6% at q0 = 0.25,
+    q1 = 0.35 and ARL0 by ~30% at h = 12. Small steps also keep the banded solve fast (H ~ h m states,
+    bandwidths a and b).
+    """
+    up, down = llr_increments(q0, q1)
+    down = -down
+    best: tuple[float, int, int] | None = None
+    for a in range(1, LATTICE_MAX_STEP + 1):
+        m = a / up
+        b = round(down * m)
+        if b < 1:
+            continue
+        if b > LATTICE_MAX_STEP:
+            break
+        error = abs(b - down * m) / (down * m)
+        if best is None or error < best[0]:
+            best = (error, a, b)
+        if best[0] < LATTICE_RATIO_TOLERANCE and m >= LATTICE_MIN_M:
+            break
+    if best is None:  # the down step is below 1/400 of the up step: q0 and q1 both tiny
+        raise ValueError(f"CUSUM steps for q0={q0}, q1={q1} are too unequal for the lattice")
+    _, a, b = best
+    g = math.gcd(a, b)
+    a, b = a // g, b // g
+    return a, b, a / up
+
+
+def _lattice_steps(q0: float, q1: float, m: float | None) -> tuple[int, int, float]:
+    """(a, b, m): :func:`lattice_for` when m is None, else both steps rounded on the given resolution m."""
+    if m is None:
+        return lattice_for(q0, q1)
     if m < 1:
         raise ValueError(f"lattice resolution m={m} must be >= 1")
     up, down = llr_increments(q0, q1)
     a, b = round(up * m), round(-down * m)
     if a < 1:
         raise ValueError(f"lattice resolution m={m} is too coarse for the up step {up:.4g}")
-    return a, b
+    return a, b, m
 
 
 def _lattice_arl(big_h: int, a: int, b: int, p: float) -> np.ndarray:
@@ -142,23 +185,20 @@ def _lattice_arl(big_h: int, a: int, b: int, p: float) -> np.ndarray:
     return x
 
 
-def average_run_length(h: float, q0: float, q1: float, p: float, *, start: float = 0.0, m: int = 400) -> float:
+def average_run_length(h: float, q0: float, q1: float, p: float, *, start: float = 0.0,
+                       m: float | None = None) -> float:
     """Mean answers to alarm of an upper CUSUM (threshold h, design q0 -> q1) when the detractor share is p.
 
-    Markov chain on the lattice S = i/m: transient states 0..H-1 with H = ceil(h m); from state i the chain
-    moves to i + round(up m) with probability p (absorbed if >= H), else to max(0, i - round(|down| m)).
-    The ARL from S = ``start`` is entry round(start m) of (I - Q)^-1 1; I - Q is banded (lower bandwidth
-    round(|down| m), upper round(up m)), so it is solved in O(H x bandwidth^2) without a dense matrix.
-    When up m and |down| m are near integers the chain matches a Monte Carlo of the real CUSUM to ~0.2%.
-    Rounding them distorts their ratio, which biases ln ARL0 by a slope error: at m = 400, q0 = 0.25,
-    q1 = 0.35 (steps 134.6 -> 135 and 57.2 -> 57) ARL0 is ~5% low at h = 3 and ~30% low at h = 12, so a
-    threshold calibrated on it comes out ~0.3 too high (conservative). m = 636 (steps 214.0 and 91.0) fixes it.
+    Markov chain on the lattice S = i/m (Brook & Evans 1972; :func:`lattice_for`, or steps rounded on a
+    given m): transient states 0..H-1 with H = ceil(h m); from state i the chain moves up a states with
+    probability p (absorbed at >= H), else to max(0, i - b). The ARL from S = ``start`` is entry
+    round(start m) of (I - Q)^-1 1; I - Q is banded, so it is solved in O(H a b) without a dense matrix.
     """
     if not h > 0.0:
         raise ValueError(f"threshold h={h} must be > 0")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"detractor share p={p} must be in (0, 1]")
-    a, b = _lattice_steps(q0, q1, m)
+    a, b, m = _lattice_steps(q0, q1, m)
     big_h = math.ceil(h * m - 1e-9)
     i0 = round(start * m)
     if not 0 <= i0 < big_h:
@@ -166,7 +206,7 @@ def average_run_length(h: float, q0: float, q1: float, p: float, *, start: float
     return float(_lattice_arl(big_h, a, b, p)[i0])
 
 
-def _in_control_theta(a: int, b: int, q0: float, m: int) -> float:
+def _in_control_theta(a: int, b: int, q0: float, m: float) -> float:
     """Root theta > 0 of q0 e^(theta a/m) + (1 - q0) e^(-theta b/m) = 1: the slope of ln ARL0 in h on the lattice.
 
     It is exactly 1 for the continuous LLR increments; rounding them to the lattice moves it a little.
@@ -189,12 +229,13 @@ def _in_control_theta(a: int, b: int, q0: float, m: int) -> float:
     return theta
 
 
-def threshold_for_arl(arl0_answers: float, q0: float, q1: float, *, m: int = 400, tol: float = 1e-3) -> float:
+def threshold_for_arl(arl0_answers: float, q0: float, q1: float, *, m: float | None = None,
+                      tol: float = 1e-3) -> float:
     """The smallest threshold h whose in-control ARL (p = q0, start 0) is at least ``arl0_answers``.
 
     The lattice ARL depends on h only through H = ceil(h m) and grows with H, so the answer is a lattice
     point h = H/m with ARL(h) >= target > ARL(h - 1/m); a ``tol`` above 1/m stops the search earlier, with
-    ARL(h - tol) < target. Each ARL is a banded solve (~10-30 ms at h ~ 12), so the bracketing is steered:
+    ARL(h - tol) < target. Each ARL is a banded solve (~1-10 ms at h ~ 12), so the bracketing is steered:
     ln ARL0 is nearly linear in h with slope theta (the positive root of E[e^(theta X)] = 1 for the lattice
     increments, ~1), so from the facts' shortcut h ~ ln(ARL0 KL(q0||q1)) - 0.17 secant steps that overshoot
     the root slightly bracket it within a few lattice steps, and bisection finishes: ~5 solves.
@@ -203,7 +244,7 @@ def threshold_for_arl(arl0_answers: float, q0: float, q1: float, *, m: int = 400
         raise ValueError(f"target ARL0 {arl0_answers} must be a finite number of answers >= 1")
     if not tol > 0.0:
         raise ValueError(f"tolerance {tol} must be > 0")
-    a, b = _lattice_steps(q0, q1, m)
+    a, b, m = _lattice_steps(q0, q1, m)
     target = math.log(arl0_answers)
     step = max(1, math.floor(tol * m + 1e-9))
     theta = _in_control_theta(a, b, q0, m)
@@ -241,11 +282,11 @@ def threshold_for_arl(arl0_answers: float, q0: float, q1: float, *, m: int = 400
         # two, so that the next point brackets it tightly
         root = x - gx / slope
         x = max(math.ceil(root) + 1 if gx < 0.0 else math.ceil(root) - 3, lo + 1)
-        if hi:
-            x = min(x, hi - 1)
+        # never further than a few units of h in one step (a flat stretch of ln ARL0 makes the secant useless)
+        x = min(x, hi - 1) if hi else min(x, 2 * lo + math.ceil(4 * m))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)
 def _cached_threshold(arl0_answers: float, q0: float, q1: float) -> float:
     return threshold_for_arl(arl0_answers, q0, q1)
 
@@ -259,7 +300,7 @@ def cached_threshold(arl0_answers: float, q0: float, q1: float) -> float:
     q0 and q1 are rounded to the nearest 0.001 (so shares closer than that raise ValueError), and the target
     ARL0 UP to the geometric grid 2^(k/16) (steps of 4.4%): a larger ARL0 means fewer false alarms, so the
     threshold is never below the exact one for the same shares and the false-alarm budget is never exceeded.
-    At most 4096 (ARL0, q0, q1) cells are kept (least recently used evicted).
+    At most 65536 (ARL0, q0, q1) cells are kept (least recently used evicted).
     """
     q0r, q1r = round(q0, 3), round(q1, 3)
     if not arl0_answers >= 1.0 or not math.isfinite(arl0_answers):

@@ -409,7 +409,6 @@ def run_group(config: EvalConfig, r: float, fleet: int) -> dict[str, Any]:
     started = time.perf_counter()
     tables = _tables(DetectorSettings().shifts)
     cells = sum(t.computed for t in tables)
-    fallbacks = [len(t.fallbacks) for t in tables]
     if "independent" not in config.null_kinds:
         raise ValueError("the window rules are calibrated on the independent null: it must be among the null kinds")
     nulls = {kind: run_null(config, kind, r, fleet, tables, _seed(config, 1, NULL_KINDS.index(kind), r, fleet))
@@ -419,7 +418,6 @@ def run_group(config: EvalConfig, r: float, fleet: int) -> dict[str, Any]:
               for shift in config.shifts]
     return {"rate": r, "fleet": fleet, "nulls": nulls, "spikes": spikes, "seconds": time.perf_counter() - started,
             "threshold_cells": sum(t.computed for t in tables) - cells,
-            "threshold_fallbacks": [cell for t, start in zip(tables, fallbacks, strict=True) for cell in t.fallbacks[start:]],
             "pid": os.getpid()}
 
 

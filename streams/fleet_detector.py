@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from processors.baseline import DEFAULT_BASELINE, MAX_SHARE, MIN_SHARE, SLICE_MS, WINDOWS_PER_DAY, BaselineSettings
-from processors.cusum import ARL_GRID_PER_OCTAVE, _lattice_arl, _lattice_steps, cached_threshold
+from processors.cusum import ARL_GRID_PER_OCTAVE, cached_threshold
 from processors.nps import Z95
 from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
 
 HOURS = 24
-LATTICE_M = 400  # processors.cusum's default lattice resolution, used by cached_threshold
 MAX_DAYS = 4096  # days of history the power tables cover
 
 
@@ -158,46 +157,12 @@ def grid_index(arl0: np.ndarray) -> np.ndarray:
     return k
 
 
-def exact_threshold(arl0: float, q0: float, q1: float) -> tuple[float, bool]:
-    """``cached_threshold(arl0, q0, q1)``, or the same lattice threshold by bisection where it may fail.
-
-    :func:`processors.cusum.threshold_for_arl` can diverge when the lattice steps share a large factor
-    (e.g. q0 = 0.287, q1 = 0.387: steps 120 and 60 of 1/400, at ARL0 = 2^(210/16)): its ARL is then flat
-    over runs of lattice points, the secant slope is float noise and the next point is astronomically far
-    (MemoryError). The threshold is defined as the smallest lattice point with ARL >= the grid target, so
-    cells with a common factor >= 8 (and any that raise) are bisected to it: the same value wherever the
-    original converges. Returns (h, True when bisected).
-    """
-    q0r, q1r = round(q0, 3), round(q1, 3)
-    a, b = _lattice_steps(q0r, q1r, LATTICE_M)
-    if math.gcd(a, b) < 8:
-        try:
-            return cached_threshold(arl0, q0, q1), False
-        except (MemoryError, ArithmeticError):
-            pass
-    k = math.ceil(ARL_GRID_PER_OCTAVE * math.log2(arl0) - 1e-9)
-    if 2.0 ** (k / ARL_GRID_PER_OCTAVE) < arl0:
-        k += 1
-    target = math.log(2.0 ** (k / ARL_GRID_PER_OCTAVE))
-
-    def enough(big_h: int) -> bool:
-        return math.log(float(_lattice_arl(big_h, a, b, q0r)[0])) >= target
-
-    lo, hi = 0, max(1, a)  # enough(0) is false by definition
-    while not enough(hi):
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
-    return hi / LATTICE_M, True
-
-
 class ThresholdTable:
     """Memo of :func:`cached_threshold` by its grid key (k, 1000 q0, 1000 q1), looked up for whole arrays.
 
     Dense storage: rows k - k0, columns 1000 q0, and q1 - q0 within +-3 thousandths of the design shift;
     other keys (q1 capped at 0.99) go to a dict. Missing cells are computed with one exemplar each, by
-    :func:`exact_threshold`.
+    :func:`processors.cusum.cached_threshold`.
     """
 
     SPAN = 3
@@ -208,7 +173,6 @@ class ThresholdTable:
         self.dense = np.empty((0, 1001, 2 * self.SPAN + 1))
         self.extra: dict[tuple[int, int, int], float] = {}
         self.computed = 0
-        self.fallbacks: list[tuple[float, float, float]] = []  # cells where cached_threshold fails
 
     def lookup(self, arl0: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
         k, i0, i1 = grid_index(arl0), round3_index(q0), round3_index(q1)
@@ -235,11 +199,8 @@ class ThresholdTable:
         return h
 
     def _compute(self, arl0: float, q0: float, q1: float) -> float:
-        h, fallback = exact_threshold(arl0, q0, q1)
         self.computed += 1
-        if fallback:
-            self.fallbacks.append((arl0, round(q0, 3), round(q1, 3)))
-        return h
+        return cached_threshold(arl0, q0, q1)
 
     def _grow(self, lo: int, hi: int) -> None:
         assert self.k0 is not None

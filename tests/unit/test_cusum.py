@@ -13,6 +13,7 @@ from processors.cusum import (
     average_run_length,
     cached_threshold,
     fleet_arl0_answers,
+    lattice_for,
     llr_increments,
     threshold_for_arl,
 )
@@ -144,13 +145,11 @@ def monte_carlo_arl(h: float, q0: float, q1: float, p: float, start: float, runs
     return mean, math.sqrt(var / runs)
 
 
-# +25 pp at m = 400 has steps 277.3 -> 277 and 162.2 -> 162; for +10 pp m = 636 keeps the step ratio
-# (214.0, 91.0), where m = 400 would round 134.6 -> 135 and 57.2 -> 57 (see the bias test below).
-@pytest.mark.parametrize(("q1", "m"), [(0.5, 400), (0.35, 636)])
+@pytest.mark.parametrize("q1", [0.5, 0.35])
 @pytest.mark.parametrize("in_control", [True, False])
-def test_markov_chain_arl_matches_monte_carlo(q1: float, m: int, in_control: bool) -> None:
+def test_markov_chain_arl_matches_monte_carlo(q1: float, in_control: bool) -> None:
     h, p = 3.0, Q0 if in_control else q1
-    exact = average_run_length(h, Q0, q1, p, m=m)
+    exact = average_run_length(h, Q0, q1, p)
     mean, se = monte_carlo_arl(h, Q0, q1, p, 0.0, 2000, random.Random(20251124))
     # 4 standard errors (a false failure 1 in ~16000) plus 1% for the lattice (0.2% measured with 2e5 runs)
     assert abs(exact - mean) <= 4 * se + 0.01 * exact, (exact, mean, se)
@@ -163,11 +162,23 @@ def test_markov_chain_arl_with_head_start_matches_monte_carlo() -> None:
     assert abs(exact - mean) <= 4 * se + 0.01 * exact, (exact, mean, se)
 
 
-def test_lattice_rounding_bias_at_m400_is_conservative() -> None:
-    # Rounding the +10 pp steps at m = 400 makes the in-control drift less negative: ARL0 comes out low
-    # (~5% at h = 3), so thresholds come out high: fewer false alarms than budgeted, slightly later alarms.
-    ratio = average_run_length(3.0, Q0, 0.35, Q0) / average_run_length(3.0, Q0, 0.35, Q0, m=636)
-    assert 0.9 < ratio < 0.97
+def test_lattice_keeps_the_step_ratio() -> None:
+    # q0 = 0.25 -> 0.35: steps 0.3365 and 0.1431. The chosen lattice keeps their ratio to < 5e-4, where
+    # rounding both on m = 400 (134.6 -> 135, 57.2 -> 57) makes the in-control drift less negative and
+    # ARL0 ~5% low at h = 3 and ~27% low at h = 12 (thresholds ~0.3 too high).
+    up, down = llr_increments(Q0, 0.35)
+    for q0, q1 in ((Q0, 0.35), (Q0, 0.5), (0.287, 0.387), (0.005, 0.105), (0.615, 0.715), (0.742, 0.99)):
+        a, b, m = lattice_for(q0, q1)
+        u, d = llr_increments(q0, q1)
+        assert a / m == pytest.approx(u, rel=1e-12)
+        assert b / m == pytest.approx(-d, rel=2e-3)
+        assert math.gcd(a, b) == 1 and m >= 1
+    a, b, m = lattice_for(Q0, 0.35)
+    assert abs(b / m + down) / -down < 5e-4 and m >= 60
+    for h, low, high in ((3.0, 0.92, 0.97), (12.0, 0.68, 0.78)):
+        ratio = average_run_length(h, Q0, 0.35, Q0, m=400) / average_run_length(h, Q0, 0.35, Q0)
+        assert low < ratio < high, (h, ratio)
+    assert up > 0
 
 
 def test_arl_orderings() -> None:
@@ -199,8 +210,9 @@ def test_arl_trivial_cases_and_validation() -> None:
                                                   (5.0, 0.4, 0.45)])
 def test_threshold_is_the_smallest_reaching_the_target(target: float, q0: float, q1: float) -> None:
     h = threshold_for_arl(target, q0, q1)
+    step = 1 / lattice_for(q0, q1)[2]
     assert average_run_length(h, q0, q1, q0) >= target
-    assert h - 1 / 400 <= 0 or average_run_length(h - 1 / 400, q0, q1, q0) < target
+    assert h - step <= 0 or average_run_length(h - step, q0, q1, q0) < target
     coarse = threshold_for_arl(target, q0, q1, tol=0.02)
     assert average_run_length(coarse, q0, q1, q0) >= target
     assert coarse - 0.02 <= 0 or average_run_length(coarse - 0.02, q0, q1, q0) < target
@@ -223,13 +235,9 @@ def test_fleet_thresholds_match_the_facts(shift: float) -> None:
     for r, quoted in zip((2, 10, 50), FACTS[shift], strict=True):
         target = fleet_arl0_answers(r, 1000, 1.0)
         h = threshold_for_arl(target, Q0, Q0 + shift)
-        if shift == 0.25:
-            assert h == pytest.approx(quoted, abs=0.1)
-        else:
-            # m = 400 rounds the +10 pp steps off their ratio: h is 0.26-0.31 high (10.255 / 11.9125 / 13.57);
-            # m = 636 keeps the ratio and lands on the facts (10.0 / 11.61 / 13.22).
-            assert quoted < h < quoted + 0.35
-            assert threshold_for_arl(target, Q0, Q0 + shift, m=636) == pytest.approx(quoted, abs=0.1)
+        assert h == pytest.approx(quoted, abs=0.1)
+        if shift == 0.10:  # m = 400 rounds the +10 pp steps off their ratio: h 0.26-0.31 too high
+            assert quoted + 0.2 < threshold_for_arl(target, Q0, Q0 + shift, m=400) < quoted + 0.35
 
 
 def test_cached_threshold_rounds_onto_a_grid_without_exceeding_the_budget() -> None:
