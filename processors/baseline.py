@@ -9,7 +9,8 @@ slice of a later day arrives. The caller freezes the baseline during an alert by
 Share for hour h: below ``min_history`` answers (sum N) the parent's share (None without a parent: warming
 up); else q0 = (D[h] + m p_parent)/(N[h] + m), the empirical-Bayes shrinkage of Spiegelhalter (2005) with
 m = mu (1 - mu)/tau^2 - 1: tau ~ 2.5 pp between sibling segments around mu = 0.25 gives m ~ 300. Without a
-parent q0 = (D[h] + 0.5)/(N[h] + 1). q0 is clamped to [0.005, 0.95].
+parent (a root) the same shrinkage toward its own all-hours share q_all = (sum D + 0.5)/(sum N + 1), so an hour
+with few answers so far (the first days) is not its own noisy estimate. q0 is clamped to [0.005, 0.95].
 
 Traffic r (answers per 5-minute window) = sum N / (288 x days covered), the days covered weighted like the
 counts: the time from the first slice's start to the latest slice's end, each UTC day of it weighted by
@@ -64,17 +65,23 @@ def clamp_share(q: float) -> float:
 
 @dataclass(slots=True)
 class HourlyBaseline:
-    """Decayed answer and detractor counts per UTC hour, and the first and latest slice fed (epoch ms)."""
+    """Decayed answer, detractor and promoter counts per UTC hour, and the first and latest slice fed (epoch ms).
+
+    Promoters only feed the baseline NPS that alerts report; detection uses answers and detractors.
+    """
 
     n: list[float] = field(default_factory=lambda: [0.0] * HOURS)
     d: list[float] = field(default_factory=lambda: [0.0] * HOURS)
     first_ms: int | None = None
     last_ms: int | None = None
+    p: list[float] = field(default_factory=lambda: [0.0] * HOURS)
 
-    def update(self, slice_start_ms: int, n: int, d: int, settings: BaselineSettings = DEFAULT_BASELINE) -> None:
-        """Add a closed one-minute slice of ``n`` answers, ``d`` of them detractors (slices in time order)."""
-        if n < 0 or not 0 <= d <= n:
-            raise ValueError(f"need 0 <= detractors <= answers, got {d} of {n}")
+    def update(self, slice_start_ms: int, n: int, d: int, settings: BaselineSettings = DEFAULT_BASELINE,
+               promoters: int = 0) -> None:
+        """Add a closed one-minute slice of ``n`` answers, ``d`` detractors and ``promoters`` promoters among
+        them (slices in time order)."""
+        if n < 0 or not 0 <= d <= n or not 0 <= promoters <= n - d:
+            raise ValueError(f"need 0 <= detractors + promoters <= answers, got {d} + {promoters} of {n}")
         if self.last_ms is None:
             self.first_ms = slice_start_ms
         else:
@@ -85,9 +92,11 @@ class HourlyBaseline:
                 factor = settings.decay**days
                 self.n = [x * factor for x in self.n]
                 self.d = [x * factor for x in self.d]
+                self.p = [x * factor for x in self.p]
         hour = hour_of(slice_start_ms)
         self.n[hour] += n
         self.d[hour] += d
+        self.p[hour] += promoters
         self.last_ms = slice_start_ms
 
     @property
@@ -97,13 +106,23 @@ class HourlyBaseline:
 
     def share(self, hour: int, parent_share: float | None, settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
         """Baseline detractor share q0 for UTC ``hour``; None while warming up without a parent."""
-        if self.history < settings.min_history:
+        return self._shrunk(self.d, hour, parent_share, settings)
+
+    def promoter_share(self, hour: int, parent_share: float | None,
+                       settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
+        """Baseline promoter share for UTC ``hour``, estimated like :meth:`share` (for the baseline NPS)."""
+        return self._shrunk(self.p, hour, parent_share, settings)
+
+    def _shrunk(self, counts: list[float], hour: int, parent_share: float | None,
+                settings: BaselineSettings) -> float | None:
+        history = self.history
+        if history < settings.min_history:
             return None if parent_share is None else clamp_share(parent_share)
-        if parent_share is None:
-            q = (self.d[hour] + 0.5) / (self.n[hour] + 1.0)
-        else:
-            m = settings.shrinkage
-            q = (self.d[hour] + m * parent_share) / (self.n[hour] + m)
+        m = settings.shrinkage
+        if parent_share is None:  # a root: shrunk toward its own all-hours share (an empty hour gets that)
+            parent_share = (sum(counts) + 0.5) / (history + 1.0)
+            m = max(m, 1.0)
+        q = (counts[hour] + m * parent_share) / (self.n[hour] + m)
         return clamp_share(q)
 
     def days_covered(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
@@ -118,14 +137,15 @@ class HourlyBaseline:
         return self.history / (days * WINDOWS_PER_DAY) if days > 0.0 else 0.0
 
     def to_list(self) -> list[Any]:
-        return [list(self.n), list(self.d), self.first_ms, self.last_ms]
+        return [list(self.n), list(self.d), self.first_ms, self.last_ms, list(self.p)]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> HourlyBaseline:
-        n, d, first_ms, last_ms = data
-        if len(n) != HOURS or len(d) != HOURS:
-            raise ValueError(f"baseline state needs {HOURS} hourly counts, got {len(n)} and {len(d)}")
-        return cls([float(x) for x in n], [float(x) for x in d], first_ms, last_ms)
+        n, d, first_ms, last_ms = data[:4]
+        p = data[4] if len(data) > 4 else [0.0] * HOURS
+        if len(n) != HOURS or len(d) != HOURS or len(p) != HOURS:
+            raise ValueError(f"baseline state needs {HOURS} hourly counts, got {len(n)}, {len(d)} and {len(p)}")
+        return cls([float(x) for x in n], [float(x) for x in d], first_ms, last_ms, [float(x) for x in p])
 
 
 def covered_days(first_ms: int, last_ms: int, decay: float) -> float:

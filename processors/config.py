@@ -4,19 +4,21 @@ the field and the fix. Pure: reading the file and environment overrides live in 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from processors.baseline import BaselineSettings
 from processors.events import DEFAULT_MAX_FUTURE_MS
 from processors.nps import Loyalty
 from processors.profiles import ProfileSettings
 from processors.retarget import CampaignRule
 from processors.segments import EVENT_DIMENSIONS, TIER_DIMENSION, BandDimension, SegmentationSettings
 from processors.spikes import DetectionSettings
-from processors.timeparse import format_duration_ms, parse_duration_ms
+from processors.timeparse import DAY_MS, MINUTE_MS, format_duration_ms, parse_duration_ms
 from processors.windows import WindowSettings, WindowSpec
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -220,28 +222,48 @@ def _windows(section: Mapping[str, Any]) -> WindowSettings:
 
 def _detection(section: Mapping[str, Any], windows: WindowSettings) -> DetectionSettings:
     where = "detection"
-    _known_keys(section, ("window", "min_responses", "alpha", "min_rise", "baseline_halflife",
-                          "min_baseline_responses", "cooldown"), where)
+    _known_keys(section, ("segments", "false_alerts_per_day", "shifts_pp", "baseline_horizon", "min_history",
+                          "shrinkage", "sev1_rise_pp", "resolve_margin_pp", "resolve_window", "min_open", "drivers"),
+                where)
     defaults = DetectionSettings()
-    window = section.get("window", defaults.window)
-    names = [spec.name for spec in windows.specs]
-    if window not in names:
-        raise ConfigError(f"{where}.window", f"{window!r} is not a configured window", f"use one of {names}")
-    alpha = section.get("alpha", defaults.alpha)
-    if not isinstance(alpha, float | int) or isinstance(alpha, bool) or not 0 < alpha < 0.5:
-        raise ConfigError(f"{where}.alpha", f"{alpha!r} is not a probability in (0, 0.5)", "e.g. alpha = 1e-4")
-    min_rise = section.get("min_rise", defaults.min_rise)
-    if not isinstance(min_rise, float | int) or isinstance(min_rise, bool) or not 0 <= min_rise < 1:
-        raise ConfigError(f"{where}.min_rise", f"{min_rise!r} is not a share in [0, 1)", "e.g. min_rise = 0.05 (5 pp)")
+    if windows.slice_ms != MINUTE_MS:
+        raise ConfigError("windows.slice", "the detector is fed one-minute slices", 'use slice = "1m"')
+    budget = _number(section, "false_alerts_per_day", where, defaults.false_alerts_per_day, "e.g. 1 (per day, all segments)")
+    shifts = section.get("shifts_pp", [round(100 * x) for x in defaults.shifts])
+    if (not isinstance(shifts, list) or not shifts or len(shifts) > 3
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < 90 for x in shifts)
+            or sorted(set(shifts)) != shifts):
+        raise ConfigError(f"{where}.shifts_pp", f"{shifts!r} is not 1-3 increasing shifts in pp",
+                          "e.g. shifts_pp = [10, 25] (the largest one fires sev-1 alerts)")
+    horizon = _duration(section, "baseline_horizon", where, round(defaults.baseline.horizon_days * DAY_MS),
+                        minimum_ms=2 * DAY_MS)
+    baseline = BaselineSettings(horizon_days=horizon / DAY_MS,
+                                min_history=_number(section, "min_history", where, defaults.baseline.min_history,
+                                                    "e.g. 1000 (answers)", minimum=0.0),
+                                shrinkage=_number(section, "shrinkage", where, defaults.baseline.shrinkage,
+                                                  "e.g. 300 (pseudo-answers at the parent's share)", minimum=0.0))
     return DetectionSettings(
-        window=window,
-        min_responses=_int(section, "min_responses", where, defaults.min_responses, minimum=5),
-        alpha=float(alpha), min_rise=float(min_rise),
-        baseline_halflife_ms=_duration(section, "baseline_halflife", where, defaults.baseline_halflife_ms),
-        min_baseline_responses=_int(section, "min_baseline_responses", where, defaults.min_baseline_responses,
-                                    minimum=10),
-        cooldown_ms=_duration(section, "cooldown", where, defaults.cooldown_ms, minimum_ms=0),
+        segments=_int(section, "segments", where, defaults.segments, minimum=1),
+        false_alerts_per_day=budget,
+        shifts=tuple(x / 100 for x in shifts),
+        baseline=baseline,
+        sev1_rise=_number(section, "sev1_rise_pp", where, 100 * defaults.sev1_rise, "e.g. 20") / 100,
+        resolve_margin=_number(section, "resolve_margin_pp", where, 100 * defaults.resolve_margin, "e.g. 5") / 100,
+        resolve_window_ms=_duration(section, "resolve_window", where, defaults.resolve_window_ms, minimum_ms=MINUTE_MS),
+        min_open_ms=_duration(section, "min_open", where, defaults.min_open_ms, minimum_ms=0),
+        max_drivers=_int(section, "drivers", where, defaults.max_drivers, minimum=0),
     )
+
+
+def _number(section: Mapping[str, Any], key: str, where: str, default: float, example: str, *,
+            minimum: float | None = None) -> float:
+    """A number > 0 (or >= ``minimum``)."""
+    value = section.get(key, default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value < minimum if minimum is not None else value <= 0):
+        bound = f">= {minimum:g}" if minimum is not None else "> 0"
+        raise ConfigError(f"{where}.{key}", f"{value!r} is not a number {bound}", example)
+    return float(value)
 
 
 _DEFAULT_CAMPAIGNS = [

@@ -11,19 +11,19 @@ embedded default. Time only ever comes in with events, or as an explicit waterma
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import EngineSettings
-from processors.events import EventError, Purchase, RetargetTrigger, SegmentAlert, SurveyResponse
+from processors.events import AlertEvent, EventError, Purchase, RetargetTrigger, SurveyResponse
 from processors.nps import NpsCounts, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
-from processors.segments import Segmenter
+from processors.segments import Hierarchy, Segmenter
 from processors.spikes import SpikeDetector, SpikeState
 from processors.timeparse import DAY_MS
-from processors.windows import AnswerRef, SegmentWindows, WindowResult
+from processors.windows import AnswerRef, Breakdown, SegmentWindows, Slice, WindowResult, count_drivers
 
 
 @dataclass(slots=True)
@@ -31,7 +31,7 @@ class Outputs:
     """What one call produced, in a deterministic order."""
 
     windows: list[WindowResult] = field(default_factory=list)
-    alerts: list[SegmentAlert] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
     triggers: list[RetargetTrigger] = field(default_factory=list)
     late: list[SurveyResponse] = field(default_factory=list)
 
@@ -50,6 +50,7 @@ class SegmentAnswer:
     at: int
     score: int
     ref: AnswerRef | None
+    drivers: tuple[str, ...] = ()  # "dimension=value" of the answer, shared by all its segment answers
 
 
 class CustomerStage:
@@ -78,12 +79,14 @@ class CustomerStage:
         answer-driven triggers are appended to ``triggers``."""
         tier = profile.tier(answer.answered_at, self.settings.profiles) if profile else \
             self.settings.profiles.no_purchase_tier
-        memberships = self.segmenter.memberships(answer, tier)
+        values = self.segmenter.dimension_values(answer, tier)
+        memberships = self.segmenter.memberships_of(values)
         if triggers is not None:
             triggers.extend(self.retargeter.for_answer(answer, memberships, tier))
         keep = classify(answer.score) in self.retargeter.alert_loyalties
         ref = (answer.event_id, answer.customer_id, answer.score, tier) if keep else None
-        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref) for segment in memberships]
+        drivers = self.segmenter.driver_values(answer, tier, values)
+        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, drivers) for segment in memberships]
 
 
 @dataclass(slots=True)
@@ -102,25 +105,38 @@ class SegmentState:
 
 
 class SegmentStage:
-    """Per-segment work: windows, detection on closed windows, alert-driven triggers."""
+    """Per-segment work: windows, detection on closed slices, alert-driven triggers.
 
-    def __init__(self, settings: EngineSettings, retargeter: Retargeter) -> None:
+    Closed slices reach the detector in event-time order across all segments, and within one minute deeper
+    segments first, so a child reads its parent's baseline as of the end of the previous minute whatever
+    the order in which slices arrived or the watermark moved. ``owns`` says which segments' outputs this
+    stage emits: in the worker a slice partition also keeps replicas of the parent segments owned by other
+    partitions (fed the same slices), for their baselines and open alerts.
+    """
+
+    def __init__(self, settings: EngineSettings, retargeter: Retargeter,
+                 owns: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
         self.detector = SpikeDetector(settings.detection)
+        self.hierarchy = Hierarchy(settings.segmentation)
         self.retargeter = retargeter
+        self.owns = owns or (lambda segment_id: True)
         self.segments: dict[str, SegmentState] = {}
         self.last_closed: list[str] = []  # segments whose state the last ``advance`` changed
         self._due: list[tuple[int, str]] = []  # (watermark at which a slice closes, segment id)
+        self._parents: dict[str, str | None] = {}
 
     def add(self, item: SegmentAnswer) -> None:
         """Count one segment answer; raises LateAnswer if its slice is closed."""
         windows = self._state(item.segment_id).windows
-        self._due_at(windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms), item.segment_id)
+        self._due_at(windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms, item.drivers),
+                     item.segment_id)
 
-    def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef]) -> None:
+    def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef],
+                  breakdown: Breakdown | None = None) -> None:
         """Merge a pre-aggregated slice; raises LateAnswer if the slice is closed."""
         windows = self._state(segment_id).windows
-        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms), segment_id)
+        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms, breakdown), segment_id)
 
     def _state(self, segment_id: str) -> SegmentState:
         state = self.segments.get(segment_id)
@@ -140,30 +156,55 @@ class SegmentStage:
     def _schedule(self, segment_id: str, state: SegmentState) -> None:
         self._due_at(state.windows.next_due(self.settings.windows), segment_id)
 
+    def parent_of(self, segment_id: str) -> str | None:
+        if segment_id not in self._parents:
+            self._parents[segment_id] = self.hierarchy.parent_of(segment_id)
+        return self._parents[segment_id]
+
     def advance(self, watermark: int) -> Outputs:
-        """Close every slice the watermark has passed; detect on the windows that became final."""
+        """Close every slice the watermark has passed; emit the final windows; detect on the closed slices."""
         due = set()
         while self._due and self._due[0][0] <= watermark:
             due.add(heapq.heappop(self._due)[1])
         out = Outputs()
         self.last_closed = sorted(due)
+        closed: list[tuple[int, int, str, Slice]] = []
         for segment_id in self.last_closed:
             state = self.segments[segment_id]
-            self.close_segment(segment_id, state, watermark, out)
+            windows, slices = state.windows.close(watermark, segment_id, self.settings.windows)
+            if self.owns(segment_id):
+                out.windows.extend(windows)
+            depth = -self.hierarchy.depth(segment_id)
+            closed.extend((start, depth, segment_id, piece) for start, piece in slices if piece.counts.total)
             self._schedule(segment_id, state)
+        closed.sort(key=lambda item: item[:3])
+        for start, _, segment_id, piece in closed:
+            self._detect(segment_id, start, piece, out)
         return out
 
-    def close_segment(self, segment_id: str, state: SegmentState, watermark: int, out: Outputs) -> None:
-        detection_window = self.settings.detection.window
-        for result in state.windows.close(watermark, segment_id, self.settings.windows):
-            out.windows.append(result)
-            if result.window != detection_window:
-                continue
-            alert = self.detector.evaluate(state.spikes, result)
-            if alert is not None:
-                out.alerts.append(alert)
-                answers = state.windows.answers_between(result.start, result.end)
-                out.triggers.extend(self.retargeter.for_alert(alert, answers))
+    def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs) -> None:
+        state = self.segments[segment_id].spikes
+        chain = [state]
+        parent = parent_id = self.parent_of(segment_id)
+        while parent is not None and parent in self.segments:
+            chain.append(self.segments[parent].spikes)
+            parent = self.parent_of(parent)
+        open_before = state.alert
+        events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain)
+        if not self.owns(segment_id):
+            return
+        out.alerts.extend(events)
+        # Alert-driven campaigns act on the segment's kept answers from the onset (as far back as the windows
+        # keep slices: the longest window) to the slice that resolves the alert.
+        opened = next((e for e in events if e.kind == "opened"), None)
+        if opened is not None:
+            answers = self.segments[segment_id].windows.answers_between(opened.onset_at, opened.at)
+            out.triggers.extend(self.retargeter.for_alert(segment_id, opened.alert_id, opened.severity, opened.at,
+                                                          answers))
+        elif open_before is not None:
+            at = start + self.settings.windows.slice_ms
+            out.triggers.extend(self.retargeter.for_alert(segment_id, open_before.alert_id, open_before.severity, at,
+                                                          piece.answers))
 
 
 def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tuple[str, int], SliceAggregate]:
@@ -174,10 +215,11 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tu
         key = (item.segment_id, item.at - item.at % slice_ms)
         aggregate = combined.get(key)
         if aggregate is None:
-            aggregate = combined[key] = SliceAggregate(NpsCounts(), [])
+            aggregate = combined[key] = SliceAggregate(NpsCounts(), [], {})
         aggregate.counts.add(item.score)
         if item.ref is not None:
             aggregate.refs.append(item.ref)
+        count_drivers(aggregate.breakdown, item.drivers, item.score)
     return combined
 
 
@@ -185,6 +227,7 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tu
 class SliceAggregate:
     counts: NpsCounts
     refs: list[AnswerRef]
+    breakdown: Breakdown
 
 
 class Engine:

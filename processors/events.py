@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
-from processors.timeparse import DAY_MS, parse_rfc3339_ms
+from processors.nps import wilson_interval
+from processors.timeparse import DAY_MS, format_rfc3339_ms, parse_rfc3339_ms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 MAX_LABEL_CHARS = 64
@@ -328,41 +329,91 @@ def content_id(*parts: object) -> str:
 
 
 @dataclass(slots=True, frozen=True)
-class SegmentAlert:
-    """A detractor spike in one segment's closed window. ``id`` derives from (segment, window, rule)."""
+class Driver:
+    """One attribute value's share of a spike: answers and detractors with it since onset, and the detractors
+    the baseline expected of them."""
 
+    dimension: str
+    value: str
+    responses: int
+    detractors: int
+    expected: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dimension": self.dimension, "value": self.value, "responses": self.responses,
+                "detractors": self.detractors, "expected": round(self.expected, 3),
+                "excess": round(self.detractors - self.expected, 3)}
+
+
+@dataclass(slots=True, frozen=True)
+class AlertEvent:
+    """A step in one spike alert's life: ``opened``, ``updated`` (severity or incident changed) or ``resolved``.
+
+    Evidence counts run from the onset slice to ``at`` (the end of the slice that caused the event). The alert
+    id derives from (segment, opening time, rule); the event id from (alert, kind, at).
+    """
+
+    kind: str
+    alert_id: str
+    incident_id: str
     segment_id: str
-    window: str
-    window_start: int
-    window_end: int
+    parent_segment_id: str | None
     rule: str
     severity: str
+    design_shift_pp: int
+    at: int
+    opened_at: int
+    onset_at: int
     responses: int
     detractors: int
     promoters: int
-    detractor_share: float
-    baseline_share: float
-    baseline_responses: int
-    rise_pp: float
-    p_value: float
-    nps: float
-    baseline_nps: float
-    excess_detractors: float
+    expected_detractors: float
+    expected_promoters: float
+    statistic: float
+    threshold: float
+    drivers: tuple[Driver, ...] = ()
 
     @property
     def id(self) -> str:
-        return content_id("alert", self.segment_id, self.window, self.window_start, self.rule)
+        return content_id("alert-event", self.alert_id, self.kind, self.at)
+
+    @property
+    def detractor_share(self) -> float:
+        return self.detractors / self.responses if self.responses else 0.0
+
+    @property
+    def baseline_share(self) -> float:
+        return self.expected_detractors / self.responses if self.responses else 0.0
+
+    @property
+    def nps(self) -> float:
+        return 100.0 * (self.promoters - self.detractors) / self.responses if self.responses else 0.0
+
+    @property
+    def baseline_nps(self) -> float:
+        if not self.responses:
+            return 0.0
+        return 100.0 * (self.expected_promoters - self.expected_detractors) / self.responses
 
     def to_dict(self) -> dict[str, Any]:
+        low, high = wilson_interval(self.detractors, self.responses)
         return {
-            "id": self.id, "schema_version": SCHEMA_VERSION, "type": "segment.alert",
-            "segment_id": self.segment_id, "window": self.window, "window_start": self.window_start,
-            "window_end": self.window_end, "rule": self.rule, "severity": self.severity,
+            "id": self.id, "schema_version": SCHEMA_VERSION, "type": f"alert.{self.kind}",
+            "alert_id": self.alert_id, "incident_id": self.incident_id, "segment_id": self.segment_id,
+            "parent_segment_id": self.parent_segment_id, "rule": self.rule, "severity": self.severity,
+            "design_shift_pp": self.design_shift_pp,
+            "at": self.at, "at_iso": format_rfc3339_ms(self.at),
+            "opened_at": self.opened_at, "onset_at": self.onset_at, "onset_iso": format_rfc3339_ms(self.onset_at),
+            "resolved_at": self.at if self.kind == "resolved" else None,
             "responses": self.responses, "detractors": self.detractors, "promoters": self.promoters,
-            "detractor_share": round(self.detractor_share, 6), "baseline_share": round(self.baseline_share, 6),
-            "baseline_responses": self.baseline_responses, "rise_pp": round(self.rise_pp, 3),
-            "p_value": self.p_value, "nps": round(self.nps, 3), "baseline_nps": round(self.baseline_nps, 3),
-            "excess_detractors": round(self.excess_detractors, 3),
+            "detractor_share": round(self.detractor_share, 6), "share_low": round(low, 6), "share_high": round(high, 6),
+            "baseline_share": round(self.baseline_share, 6),
+            "rise_pp": round(100.0 * (self.detractor_share - self.baseline_share), 3),
+            "nps": round(self.nps, 3), "baseline_nps": round(self.baseline_nps, 3),
+            "nps_change": round(self.nps - self.baseline_nps, 3),
+            "excess_detractors": round(self.detractors - self.expected_detractors, 3),
+            "statistic": round(self.statistic, 4), "threshold": round(self.threshold, 4),
+            "drivers": [driver.to_dict() for driver in self.drivers],
         }
 
 

@@ -1,7 +1,8 @@
 """Re-targeting rules: which answers become campaign triggers.
 
 A rule fires either on each matching **answer** (e.g. a referral ask for every promoter) or on a segment
-**alert** (e.g. service recovery for every detractor of the alerting segment's window). Rules match on the
+**alert** (e.g. service recovery for every detractor of the alerting segment from the spike's onset until
+the alert resolves). Rules match on the
 answer's loyalty class, on segment-id patterns (shell-style: ``region=EU|*``, ``*``), and optionally on the
 customer's value tier. Trigger ids derive from (campaign, answer), so a customer is triggered at most once
 per campaign per answer however many segments match; downstream consumers drop repeated ids.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from processors.events import RetargetTrigger, SegmentAlert, SurveyResponse
+from processors.events import RetargetTrigger, SurveyResponse
 from processors.nps import Loyalty, classify
 from processors.windows import AnswerRef
 
@@ -63,10 +64,12 @@ class Retargeter:
             ))
         return out
 
-    def for_alert(self, alert: SegmentAlert, answers: list[AnswerRef]) -> list[RetargetTrigger]:
+    def for_alert(self, segment_id: str, alert_id: str, severity: str, at: int,
+                  answers: list[AnswerRef]) -> list[RetargetTrigger]:
+        """Triggers for the kept answers of a segment during its open alert (from its onset on)."""
         out = []
         for rule in self._alert_rules:
-            if not rule.matches_segment(alert.segment_id):
+            if not rule.matches_segment(segment_id):
                 continue
             for event_id, customer_id, score, tier in answers:
                 loyalty = classify(score)
@@ -74,9 +77,9 @@ class Retargeter:
                     continue
                 out.append(RetargetTrigger(
                     campaign_id=rule.campaign_id, customer_id=customer_id, event_id=event_id, score=score,
-                    loyalty=loyalty.value, segment_id=alert.segment_id,
-                    reason=rule.reason or f"{loyalty.value} in {alert.segment_id} during a {alert.severity} spike",
-                    channel=rule.channel, priority=rule.priority, created_at=alert.window_end,
-                    expires_at=alert.window_end + rule.expires_after_ms, alert_id=alert.id,
+                    loyalty=loyalty.value, segment_id=segment_id,
+                    reason=rule.reason or f"{loyalty.value} in {segment_id} during a {severity} spike",
+                    channel=rule.channel, priority=rule.priority, created_at=at,
+                    expires_at=at + rule.expires_after_ms, alert_id=alert_id,
                 ))
         return out

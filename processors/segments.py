@@ -112,7 +112,19 @@ class Segmenter:
 
     def memberships(self, answer: SurveyResponse, tier: str | None) -> list[str]:
         """Every segment id this answer belongs to, in config order."""
-        values = self.dimension_values(answer, tier)
+        return self.memberships_of(self.dimension_values(answer, tier))
+
+    def driver_values(self, answer: SurveyResponse, tier: str | None, values: Mapping[str, str]) -> tuple[str, ...]:
+        """``"dimension=value"`` for the answer's touchpoint, channel, region, tier and configured dimensions:
+        what an alert's drivers are chosen from."""
+        out = {name: value for name in EVENT_DIMENSIONS if (value := getattr(answer, name)) is not None}
+        if tier is not None:
+            out[TIER_DIMENSION] = tier
+        out.update(values)
+        return tuple(f"{name}={escape_value(value)}" for name, value in sorted(out.items()))
+
+    def memberships_of(self, values: Mapping[str, str]) -> list[str]:
+        """Every segment id of an answer with these dimension values, in config order."""
         out = []
         for cross in self._crosses:
             pairs = []
@@ -124,3 +136,35 @@ class Segmenter:
             else:
                 out.append(segment_id(pairs))
         return out
+
+
+class Hierarchy:
+    """Which segment a segment's baseline shrinks toward: a cross's first dimension (``region=EU`` for
+    ``region=EU|tier=gold``) when that family is configured, else ``all`` when configured; ``all`` has none."""
+
+    def __init__(self, settings: SegmentationSettings) -> None:
+        families = set(settings.segments)
+        self._all = () in families
+        self._singles = {cross[0] for cross in families if len(cross) == 1}
+        # families whose segments are some other segment's parent
+        self._parent_singles = {cross[0] for cross in families if len(cross) > 1 and cross[0] in self._singles}
+        self._all_is_parent = self._all and any(cross for cross in families)
+
+    def parent_of(self, segment: str) -> str | None:
+        pairs = parse_segment_id(segment)
+        if not pairs:
+            return None
+        if len(pairs) > 1 and pairs[0][0] in self._singles:
+            return segment_id(pairs[:1])
+        return ALL_SEGMENT if self._all else None
+
+    def is_parent(self, segment: str) -> bool:
+        """True for a segment that some configured segment shrinks toward."""
+        pairs = parse_segment_id(segment)
+        if not pairs:
+            return self._all_is_parent
+        return len(pairs) == 1 and pairs[0][0] in self._parent_singles
+
+    @staticmethod
+    def depth(segment: str) -> int:
+        return 0 if segment == ALL_SEGMENT else segment.count("|") + 1

@@ -1,112 +1,305 @@
-"""Detractor-spike detection per segment on closed windows.
+"""Detractor-spike detection per segment: an hourly baseline, two Bernoulli CUSUMs and the alert lifecycle.
 
-For each closed detection window the detector compares the window's detractor share with the segment's
-trailing baseline: an exponentially weighted sum of earlier windows (half-life configurable), so state is
-O(1) per segment. A window alerts when all hold:
-- it has at least ``min_responses`` answers and the baseline at least ``min_baseline_responses``;
-- the rise over the baseline share is at least ``min_rise`` (no alert on a statistically certain 1-pp
-  drift of a huge segment);
-- the one-sided exact binomial test P(X >= d | n, p0) is at most ``alpha`` (so 3 answers can never alert);
-- the segment is not in cooldown after an earlier alert.
-While a window is significant (alerting or suppressed by cooldown) the baseline is frozen, so an incident
-does not teach the baseline that it is normal.
+The detector is fed each segment's closed one-minute slices in event-time order (never empty ones), so what it
+decides depends only on the slices' contents. Per slice of n answers, d detractors:
+
+1. q0 = the segment's baseline detractor share for the slice's UTC hour, from its state before the slice
+   (:class:`processors.baseline.HourlyBaseline`, shrunk toward the parent segment's share). A segment with
+   fewer than ``min_history`` answers only learns: it does not alert on its parent's share, because a segment
+   that is simply worse than its parent (phone vs all channels, say +6 pp) would then alert during every
+   warm-up (the demo did, 6 times in its first hours). Its parent's share still anchors it by shrinkage.
+2. Thresholds h_k = the exact Markov-chain threshold (:func:`processors.cusum.cached_threshold`) for the
+   in-control ARL the fleet budget gives this segment: 2 r N 288 / F answers (r = its answers per 5 minutes,
+   N = segments watched, F = false alerts per day), for design shares q1_k = q0 + 10 pp and q0 + 25 pp.
+3. Both CUSUMs take the slice (:meth:`processors.cusum.BernoulliCusum.update_slice`), also during an alert.
+4. An open alert resolves once it is open >= 30 minutes and the Wilson 95% upper bound of the detractor share
+   over the last hour's slices is below q0 + 5 pp; both CUSUMs then restart at h_k / 2. An open alert that
+   the +25 pp CUSUM crosses, or whose rise since onset reaches 20 pp, becomes sev-1 (``alert.updated``).
+   Without an open alert, a CUSUM at or above its threshold opens one (``alert.opened``): the firing CUSUM is
+   the +25 pp one if it crossed; the onset is the slice holding the first answer after its last zero.
+5. The baseline takes the slice unless an alert is open after step 4: an incident never becomes normal.
+
+Evidence is counted per slice from the onset slice on: answers, detractors, promoters, the expected detractors
+sum(n q0) and promoters, and the same per driver value (``touchpoint=delivery``...), so an alert says how many
+detractors are in excess and which values carry the excess. Alert and event ids derive from content.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
-from processors.events import SegmentAlert
-from processors.nps import binomial_upper_tail
+from processors.baseline import DEFAULT_BASELINE, BaselineSettings, HourlyBaseline, hour_of
+from processors.cusum import BernoulliCusum, cached_threshold, fleet_arl0_answers, threshold_lower_bound
+from processors.events import AlertEvent, Driver, content_id
+from processors.nps import NpsCounts, wilson_interval
+from processors.segments import parse_segment_id
 from processors.timeparse import HOUR_MS, MINUTE_MS
-from processors.windows import WindowResult
 
-RULE = "detractor-spike.binomial"
+RULE = "detractor-spike.cusum"
+SEV1, SEV2 = "sev-1", "sev-2"
+MAX_DRIVER_VALUES = 256  # distinct driver values kept per evidence; further ones are counted under "(other)"
+OTHER_VALUE = "(other)"
+MAX_DESIGN_SHARE = 0.99
 
 
 @dataclass(frozen=True, slots=True)
 class DetectionSettings:
-    window: str = "5m"
-    min_responses: int = 10
-    alpha: float = 1e-5
-    min_rise: float = 0.05
-    baseline_halflife_ms: int = 6 * HOUR_MS
-    min_baseline_responses: int = 200
-    cooldown_ms: int = 30 * MINUTE_MS
+    segments: int = 1000  # segments watched: the false-alert budget is split over them
+    false_alerts_per_day: float = 1.0
+    shifts: tuple[float, float] = (0.10, 0.25)
+    baseline: BaselineSettings = DEFAULT_BASELINE
+    sev1_rise: float = 0.20
+    resolve_margin: float = 0.05
+    resolve_window_ms: int = HOUR_MS
+    min_open_ms: int = 30 * MINUTE_MS
+    max_drivers: int = 3
+
+
+@dataclass(slots=True)
+class Evidence:
+    """Counts over the slices from an onset on: answers, detractors, promoters and their baseline expectations,
+    and per driver value ``"dimension=value"`` [answers, detractors, expected detractors]."""
+
+    since: int | None = None
+    responses: int = 0
+    detractors: int = 0
+    promoters: int = 0
+    expected_detractors: float = 0.0
+    expected_promoters: float = 0.0
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, start: int, counts: NpsCounts, breakdown: Mapping[str, Sequence[int]], q0: float, p0: float) -> None:
+        if self.since is None:
+            self.since = start
+        n = counts.total
+        self.responses += n
+        self.detractors += counts.detractors
+        self.promoters += counts.promoters
+        self.expected_detractors += n * q0
+        self.expected_promoters += n * p0
+        values = self.values
+        for key, (vn, vd) in breakdown.items():
+            row = values.get(key)
+            if row is None:
+                if len(values) >= MAX_DRIVER_VALUES:
+                    key = key.partition("=")[0] + "=" + OTHER_VALUE
+                row = values.setdefault(key, [0, 0, 0.0])
+            row[0] += vn
+            row[1] += vd
+            row[2] += vn * q0
+
+    def copy(self) -> Evidence:
+        return Evidence(self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
+                        self.expected_promoters, {key: list(row) for key, row in self.values.items()})
+
+    @property
+    def rise(self) -> float:
+        """Detractor share minus its baseline expectation (0 without answers)."""
+        if not self.responses:
+            return 0.0
+        return self.detractors / self.responses - self.expected_detractors / self.responses
+
+    def to_list(self) -> list[Any]:
+        return [self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
+                self.expected_promoters, self.values]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Evidence:
+        since, n, d, p, ed, ep, values = data
+        return cls(since, int(n), int(d), int(p), float(ed), float(ep), {k: list(v) for k, v in values.items()})
+
+
+@dataclass(slots=True)
+class OpenAlert:
+    alert_id: str
+    incident_id: str
+    opened_at: int  # end of the slice that fired
+    design: int  # index of the firing CUSUM in DetectionSettings.shifts
+    severity: str
+    statistic: float
+    threshold: float
+    evidence: Evidence
+
+    def to_list(self) -> list[Any]:
+        return [self.alert_id, self.incident_id, self.opened_at, self.design, self.severity, self.statistic,
+                self.threshold, self.evidence.to_list()]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> OpenAlert:
+        alert_id, incident_id, opened_at, design, severity, statistic, threshold, evidence = data
+        return cls(alert_id, incident_id, int(opened_at), int(design), severity, float(statistic), float(threshold),
+                   Evidence.from_list(evidence))
 
 
 @dataclass(slots=True)
 class SpikeState:
-    """Exponentially weighted baseline counts as of ``updated_at``, and the end of any cooldown."""
+    """One segment's detector: baseline, CUSUMs with their evidence since onset, last hour, open alert."""
 
-    detractors: float = 0.0
-    promoters: float = 0.0
-    responses: float = 0.0
-    updated_at: int | None = None
-    cooldown_until: int | None = None
+    baseline: HourlyBaseline = field(default_factory=HourlyBaseline)
+    cusums: list[BernoulliCusum] = field(default_factory=lambda: [BernoulliCusum(), BernoulliCusum()])
+    evidence: list[Evidence] = field(default_factory=lambda: [Evidence(), Evidence()])
+    recent: list[list[int]] = field(default_factory=list)  # [start, answers, detractors] of the last hour
+    alert: OpenAlert | None = None
 
     def to_list(self) -> list[Any]:
-        return [self.detractors, self.promoters, self.responses, self.updated_at, self.cooldown_until]
+        return [self.baseline.to_list(), [c.to_list() for c in self.cusums], [e.to_list() for e in self.evidence],
+                self.recent, self.alert.to_list() if self.alert else None]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> SpikeState:
-        return cls(*data)
+        baseline, cusums, evidence, recent, alert = data
+        return cls(HourlyBaseline.from_list(baseline), [BernoulliCusum.from_list(c) for c in cusums],
+                   [Evidence.from_list(e) for e in evidence], [list(r) for r in recent],
+                   OpenAlert.from_list(alert) if alert else None)
 
 
-def severity_for(rise: float) -> str:
-    """sev-1 for a rise of 20 pp or more, sev-2 for 10 pp or more, sev-3 otherwise."""
-    if rise >= 0.20:
-        return "sev-1"
-    return "sev-2" if rise >= 0.10 else "sev-3"
+class Design:
+    """One CUSUM's design for a slice: shares q0 -> q1 and the threshold h for the in-control ARL, computed
+    only when asked (exact thresholds cost milliseconds; a CUSUM below a cheap lower bound needs none)."""
+
+    __slots__ = ("_h", "arl0", "q0", "q1")
+
+    def __init__(self, arl0: float, q0: float, q1: float) -> None:
+        self.arl0, self.q0, self.q1 = arl0, q0, q1
+        self._h: float | None = None
+
+    @property
+    def h(self) -> float:
+        if self._h is None:
+            self._h = cached_threshold(self.arl0, self.q0, self.q1)
+        return self._h
+
+    def reached(self, s: float) -> bool:
+        """S >= h, without computing h while S is below its lower bound."""
+        if self._h is None and s < threshold_lower_bound(self.arl0, self.q0, self.q1):
+            return False
+        return s >= self.h
+
+
+def baseline_shares(hour: int, chain: Sequence[SpikeState], settings: BaselineSettings) -> tuple[float | None, float | None]:
+    """(detractor, promoter) baseline shares of ``chain[0]`` for UTC ``hour``, each shrunk toward its parent's
+    (``chain[1]``, itself shrunk toward ``chain[2]``...)."""
+    q: float | None = None
+    p: float | None = None
+    for state in reversed(chain):
+        q = state.baseline.share(hour, q, settings)
+        p = state.baseline.promoter_share(hour, p, settings)
+    return q, p
 
 
 class SpikeDetector:
     def __init__(self, settings: DetectionSettings) -> None:
         self.settings = settings
 
-    def evaluate(self, state: SpikeState, result: WindowResult) -> SegmentAlert | None:
-        """Test one closed window against the baseline, update the state, and return an alert or None."""
+    def designs(self, state: SpikeState, q0: float) -> list[Design] | None:
+        """Per CUSUM its design share and threshold for the segment's traffic; None before any traffic."""
         settings = self.settings
-        self._decay(state, result.end)
-        counts = result.counts
+        r = state.baseline.traffic_per_window(settings.baseline)
+        if r <= 0.0:
+            return None
+        arl0 = fleet_arl0_answers(r, settings.segments, settings.false_alerts_per_day,
+                                  cusums_per_segment=len(settings.shifts))
+        return [Design(arl0, q0, min(q0 + shift, MAX_DESIGN_SHARE)) for shift in settings.shifts]
+
+    def observe(self, segment_id: str, parent_id: str | None, start: int, counts: NpsCounts,
+                breakdown: Mapping[str, Sequence[int]], chain: Sequence[SpikeState]) -> list[AlertEvent]:
+        """Feed one closed slice (n > 0) to ``chain[0]``, the segment's state; ``chain[1:]`` are its ancestors'
+        states as of the end of the previous slice. Returns the alert events it caused."""
+        settings = self.settings
+        state = chain[0]
         n, d = counts.total, counts.detractors
-        significant, alert = False, None
-        if n >= settings.min_responses and state.responses >= settings.min_baseline_responses:
-            baseline = (state.detractors + 0.5) / (state.responses + 1.0)
-            share = d / n
-            rise = share - baseline
-            if rise >= settings.min_rise:
-                p_value = binomial_upper_tail(d, n, baseline)
-                significant = p_value <= settings.alpha
-                in_cooldown = state.cooldown_until is not None and result.end <= state.cooldown_until
-                if significant and not in_cooldown:
-                    alert = self._alert(state, result, baseline, rise, p_value)
-                    state.cooldown_until = result.end + settings.cooldown_ms
-        if not significant:
-            state.detractors += d
-            state.promoters += counts.promoters
-            state.responses += n
-        return alert
+        end = start + MINUTE_MS
+        window_start = start - settings.resolve_window_ms + MINUTE_MS
+        state.recent = [row for row in state.recent if row[0] >= window_start]
+        state.recent.append([start, n, d])
+        q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
+        warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
+        designs = None if warming_up else self.designs(state, q0)
+        events: list[AlertEvent] = []
+        if q0 is not None and designs is not None:
+            assert p0 is not None
+            for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True)):
+                last_zero = cusum.last_zero
+                cusum.update_slice(d, n, q0, design.q1)
+                if cusum.last_zero != last_zero:  # S hit 0 in this slice: the onset moves
+                    state.evidence[k] = Evidence()
+                    if cusum.last_zero == cusum.answers:  # ... past this slice
+                        continue
+                state.evidence[k].add(start, counts, breakdown, q0, p0)
+            alert = state.alert
+            if alert is not None:
+                alert.evidence.add(start, counts, breakdown, q0, p0)
+                events.extend(self._while_open(segment_id, parent_id, state, alert, end, q0, designs, chain))
+            else:
+                fired = [k for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True))
+                         if design.reached(cusum.s)]
+                if fired:
+                    events.append(self._open(segment_id, parent_id, state, fired[-1], end, designs, chain))
+        if state.alert is None:
+            state.baseline.update(start, n, d, settings.baseline, promoters=counts.promoters)
+        return events
 
-    def _decay(self, state: SpikeState, now: int) -> None:
-        if state.updated_at is not None and now > state.updated_at:
-            factor = 0.5 ** ((now - state.updated_at) / self.settings.baseline_halflife_ms)
-            state.detractors *= factor
-            state.promoters *= factor
-            state.responses *= factor
-        state.updated_at = now if state.updated_at is None else max(now, state.updated_at)
+    def _open(self, segment_id: str, parent_id: str | None, state: SpikeState, design: int, end: int,
+              designs: list[Design], chain: Sequence[SpikeState]) -> AlertEvent:
+        evidence = state.evidence[design].copy()
+        sev1 = design == len(self.settings.shifts) - 1 or evidence.rise >= self.settings.sev1_rise
+        alert_id = content_id("alert", segment_id, end, RULE)
+        incident = next((s.alert.incident_id for s in chain[1:] if s.alert is not None), alert_id)
+        state.alert = OpenAlert(alert_id, incident, end, design, SEV1 if sev1 else SEV2, state.cusums[design].s,
+                                designs[design].h, evidence)
+        return self._event("opened", segment_id, parent_id, state.alert, end)
 
-    def _alert(self, state: SpikeState, result: WindowResult, baseline: float, rise: float,
-               p_value: float) -> SegmentAlert:
-        counts = result.counts
-        baseline_nps = 100.0 * (state.promoters - state.detractors) / state.responses
-        return SegmentAlert(
-            segment_id=result.segment_id, window=result.window, window_start=result.start,
-            window_end=result.end, rule=RULE, severity=severity_for(rise), responses=counts.total,
-            detractors=counts.detractors, promoters=counts.promoters,
-            detractor_share=counts.detractors / counts.total, baseline_share=baseline,
-            baseline_responses=round(state.responses), rise_pp=100.0 * rise, p_value=p_value, nps=counts.nps,
-            baseline_nps=baseline_nps, excess_detractors=counts.detractors - counts.total * baseline,
+    def _while_open(self, segment_id: str, parent_id: str | None, state: SpikeState, alert: OpenAlert, end: int,
+                    q0: float, designs: list[Design], chain: Sequence[SpikeState]) -> list[AlertEvent]:
+        settings = self.settings
+        n = sum(row[1] for row in state.recent)
+        d = sum(row[2] for row in state.recent)
+        upper = wilson_interval(d, n)[1] if n else 1.0
+        if end - alert.opened_at >= settings.min_open_ms and upper < q0 + settings.resolve_margin:
+            for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True)):
+                cusum.restart(design.h / 2)
+                state.evidence[k] = Evidence()
+            state.alert = None
+            return [self._event("resolved", segment_id, parent_id, alert, end)]
+        changed = False
+        top = len(designs) - 1
+        if alert.severity != SEV1 and (designs[top].reached(state.cusums[top].s) or alert.evidence.rise >= settings.sev1_rise):
+            alert.severity = SEV1
+            changed = True
+        parent_incident = next((s.alert.incident_id for s in chain[1:] if s.alert is not None), None)
+        if parent_incident is not None and alert.incident_id == alert.alert_id and parent_incident != alert.alert_id:
+            alert.incident_id = parent_incident  # a parent alert opened since: roll up into its incident
+            changed = True
+        return [self._event("updated", segment_id, parent_id, alert, end)] if changed else []
+
+    def _event(self, kind: str, segment_id: str, parent_id: str | None, alert: OpenAlert, at: int) -> AlertEvent:
+        evidence = alert.evidence
+        return AlertEvent(
+            kind=kind, alert_id=alert.alert_id, incident_id=alert.incident_id, segment_id=segment_id,
+            parent_segment_id=parent_id, rule=RULE, severity=alert.severity,
+            design_shift_pp=round(100 * self.settings.shifts[alert.design]), at=at, opened_at=alert.opened_at,
+            onset_at=evidence.since if evidence.since is not None else alert.opened_at - MINUTE_MS,
+            responses=evidence.responses, detractors=evidence.detractors, promoters=evidence.promoters,
+            expected_detractors=evidence.expected_detractors, expected_promoters=evidence.expected_promoters,
+            statistic=alert.statistic, threshold=alert.threshold,
+            drivers=drivers(segment_id, evidence, self.settings.max_drivers),
         )
 
+
+def drivers(segment_id: str, evidence: Evidence, limit: int) -> tuple[Driver, ...]:
+    """The driver values with the largest detractor excess (observed - expected), positive ones only, leaving
+    out the dimensions the segment itself fixes."""
+    fixed = {name for name, _ in parse_segment_id(segment_id)}
+    ranked = []
+    for key, (n, d, expected) in evidence.values.items():
+        dimension, _, value = key.partition("=")
+        value = unquote(value)
+        excess = d - expected
+        if dimension not in fixed and excess > 0.0 and not math.isclose(excess, 0.0, abs_tol=1e-9):
+            ranked.append((-excess, key, Driver(dimension, value, int(n), int(d), expected)))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return tuple(driver for _, _, driver in ranked[:limit])

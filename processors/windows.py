@@ -19,11 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.nps import NpsCounts
+from processors.nps import Loyalty, NpsCounts, classify
 from processors.timeparse import MINUTE_MS
 
 # (event_id, customer_id, score, tier): what an alert-driven campaign needs to know about one answer.
 AnswerRef = tuple[str, str, int, str | None]
+# "dimension=value" -> [answers, detractors]: a slice's answers broken down by their attribute values, so an
+# alert can say which values carry a spike.
+Breakdown = dict[str, list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +59,41 @@ class WindowSettings:
         raise KeyError(name)
 
 
+def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) -> None:
+    """Count one answer with this score under each of its driver values."""
+    detractor = int(classify(score) is Loyalty.DETRACTOR)
+    for key in drivers:
+        row = breakdown.get(key)
+        if row is None:
+            breakdown[key] = [1, detractor]
+        else:
+            row[0] += 1
+            row[1] += detractor
+
+
 @dataclass(slots=True)
 class Slice:
     counts: NpsCounts = field(default_factory=NpsCounts)
     answers: list[AnswerRef] = field(default_factory=list)
+    breakdown: Breakdown = field(default_factory=dict)
+
+    def merge_breakdown(self, breakdown: Breakdown) -> None:
+        mine = self.breakdown
+        for key, (n, d) in breakdown.items():
+            row = mine.get(key)
+            if row is None:
+                mine[key] = [n, d]
+            else:
+                row[0] += n
+                row[1] += d
 
     def to_list(self) -> list[Any]:
-        return [self.counts.to_list(), [list(ref) for ref in self.answers]]
+        return [self.counts.to_list(), [list(ref) for ref in self.answers], self.breakdown]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
-        return cls(NpsCounts.from_list(data[0]), [tuple(ref) for ref in data[1]])  # type: ignore[misc]
+        breakdown = {key: [int(n), int(d)] for key, (n, d) in data[2].items()} if len(data) > 2 else {}
+        return cls(NpsCounts.from_list(data[0]), [tuple(ref) for ref in data[1]], breakdown)  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +123,25 @@ class SegmentWindows:
         self.closed_upto: int | None = None  # every slice starting before this is closed
         self.late = 0
 
-    def add(self, at_ms: int, score: int, ref: AnswerRef | None, slice_ms: int) -> int | None:
-        """Count one answer. Returns the end of a slice this call opened (to schedule its close), else None.
-
-        Raises :class:`LateAnswer` if the answer's slice is already closed.
-        """
+    def add(self, at_ms: int, score: int, ref: AnswerRef | None, slice_ms: int,
+            drivers: tuple[str, ...] = ()) -> int | None:
+        """Count one answer (with its driver values). Returns the end of a slice this call opened (to
+        schedule its close), else None. Raises :class:`LateAnswer` if the answer's slice is already closed."""
         current, opened = self._open_slice(at_ms - at_ms % slice_ms, slice_ms, 1)
         current.counts.add(score)
         if ref is not None:
             current.answers.append(ref)
+        count_drivers(current.breakdown, drivers, score)
         return opened
 
-    def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int) -> int | None:
+    def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int,
+                  breakdown: Breakdown | None = None) -> int | None:
         """Merge a pre-aggregated slice (answers of one slice combined upstream); same contract as ``add``."""
         current, opened = self._open_slice(start, slice_ms, counts.total)
         current.counts.merge(counts)
         current.answers.extend(refs)
+        if breakdown:
+            current.merge_breakdown(breakdown)
         return opened
 
     def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
@@ -138,8 +168,10 @@ class SegmentWindows:
                     candidates.append(end)
         return min(candidates) if candidates else None
 
-    def close(self, watermark: int, segment_id: str, settings: WindowSettings) -> list[WindowResult]:
-        """Close every slice that ends at or before ``watermark``; return the windows that became final.
+    def close(self, watermark: int, segment_id: str,
+              settings: WindowSettings) -> tuple[list[WindowResult], list[tuple[int, Slice]]]:
+        """Close every slice that ends at or before ``watermark``; return the windows that became final and
+        the slices just closed (start, slice), in time order.
 
         Results are ordered by window end, then by spec order; windows with no answers are not emitted.
         """
@@ -147,15 +179,18 @@ class SegmentWindows:
         upto = watermark - watermark % slice_ms
         previous = self.closed_upto
         if previous is not None and upto <= previous:
-            return []
+            return [], []
         # Keep what windows ending after `previous` still need; they are emitted below or later.
         self._prune((upto if previous is None else previous) - settings.longest_ms)
+        newly: list[tuple[int, Slice]] = []
         for start in sorted(s for s in self.open if s < upto):
+            piece = self.open.pop(start)
             self.closed_starts.append(start)
-            self.closed.append(self.open.pop(start))
+            self.closed.append(piece)
+            newly.append((start, piece))
         self.closed_upto = upto
         if not self.closed_starts:
-            return []
+            return [], newly
         ordered: list[tuple[int, int, WindowResult]] = []
         newest = self.closed_starts[-1]
         oldest = self.closed_starts[0]
@@ -171,7 +206,7 @@ class SegmentWindows:
                                                              counts)))
                 end += step
         ordered.sort(key=lambda item: (item[0], item[1]))
-        return [result for _, _, result in ordered]
+        return [result for _, _, result in ordered], newly
 
     def answers_between(self, start: int, end: int) -> list[AnswerRef]:
         """The kept answer references of closed slices in ``[start, end)`` (valid until the next close)."""

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.config import Config, ConfigError, KafkaSettings
-from processors.timeparse import format_rfc3339_ms
+from streams.alert_text import describe_alert
 from streams.progress import read_jsonl
 from streams.topics import TopicNames, kafka_client_config
 
@@ -210,11 +210,8 @@ def print_record(record: dict, pretty: bool, out: IO[str]) -> None:
         out.write(orjson.dumps(record).decode() + "\n")
         return
     kind = record.get("type")
-    if kind == "segment.alert":
-        out.write(f"{record['severity']} {record['segment_id']}  {format_rfc3339_ms(record['window_start'])} "
-                  f"({record['window']})  detractors {record['detractors']}/{record['responses']} = "
-                  f"{100 * record['detractor_share']:.1f}% vs {100 * record['baseline_share']:.1f}% "
-                  f"(+{record['rise_pp']:.1f} pp, p={record['p_value']:.1e})  id {record['id']}\n")
+    if isinstance(kind, str) and kind.startswith("alert."):
+        out.write(f"{describe_alert(record)}  id {record['id']}\n")
     elif kind == "retarget.trigger":
         out.write(f"{record['campaign_id']:<18} {record['customer_id']:<12} {record['loyalty']:<9} "
                   f"{record['priority']:<6} {record['segment_id']}  {record['reason']}\n")

@@ -1,6 +1,6 @@
 """npspulse's detector vectorised over a fleet of segments (numpy), for the evaluation harness.
 
-Per segment it does what the scalar detector does with :class:`processors.baseline.HourlyBaseline` and two
+Per segment it does what :class:`processors.spikes.SpikeDetector` does with its hourly baseline and two
 :class:`processors.cusum.BernoulliCusum` (design shifts +10 and +25 pp), slice by slice, with the same
 floating-point operations in the same order: the hourly baseline (lazy daily decay, shrinkage toward a
 parent, traffic estimate), thresholds from :func:`processors.cusum.cached_threshold` for the fleet budget,
@@ -14,7 +14,8 @@ n > 0 answers (empty slices are never fed):
 3. Open alert: resolve when open >= 30 min (slice end - alarm slice end) and the Wilson 95% upper bound of
    the last 60 one-minute slices' detractor share is < q0 + 5 pp; both CUSUMs restart at h_k / 2.
    No alert: an alert opens when some S_k >= h_k; the firing CUSUM is the +25 pp one if it fired, its onset
-   the answer after its last zero; sev-1 if it is the +25 pp one or the share since onset is >= q0 + 20 pp.
+   the answer after its last zero; sev-1 if it is the +25 pp one or the detractor share since the onset's
+   slice is >= 20 pp above the baseline expectation sum(n q0) / sum(n) over those slices.
 4. The baseline takes the slice unless an alert is open after step 3; the parent takes every answer.
 
 The only departures from the scalar code: ``np.log`` may differ from ``math.log`` in the last bit
@@ -100,17 +101,14 @@ class FleetBaseline:
         return rowsum(self.n)
 
     def share(self, hour: int, idx: np.ndarray, parent: np.ndarray | None, history: np.ndarray) -> np.ndarray:
-        """q0 of segments ``idx`` (NaN = warming up); ``parent`` aligned with idx, NaN where it has none."""
+        """q0 of segments ``idx`` (NaN = warming up: below min_history, where the scalar detector only learns);
+        ``parent`` aligned with idx, NaN where it has none."""
         n, d = self.n[hour, idx], self.d[hour, idx]
-        own = (d + 0.5) / (n + 1.0)
-        if parent is None:
-            q = own
-            fallback = np.full(idx.size, np.nan)
-        else:
-            m = self.settings.shrinkage
-            q = np.where(np.isnan(parent), own, (d + m * parent) / (n + m))
-            fallback = parent
-        q = np.where(history[idx] < self.settings.min_history, fallback, q)
+        m = self.settings.shrinkage
+        m_root = max(m, 1.0)
+        own = (d + m_root * ((rowsum(self.d[:, idx]) + 0.5) / (history[idx] + 1.0))) / (n + m_root)
+        q = own if parent is None else np.where(np.isnan(parent), own, (d + m * parent) / (n + m))
+        q = np.where(history[idx] < self.settings.min_history, np.nan, q)  # warming up: no detection
         return np.minimum(np.maximum(q, MIN_SHARE), MAX_SHARE)  # NaN stays NaN
 
     def traffic(self, idx: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -343,6 +341,9 @@ class FleetDetector:
         self._sum_d = np.zeros(size, dtype=np.int64)
         self._minute = 0
         self.q0 = np.full(size, np.nan)  # q0 used for each segment's latest fed slice
+        self.ev_n = np.zeros((2, size), dtype=np.int64)  # evidence since each CUSUM's onset slice
+        self.ev_d = np.zeros((2, size), dtype=np.int64)
+        self.ev_e = np.zeros((2, size))
         self.log = AlarmLog()
 
     def freeze_parent(self) -> None:
@@ -400,7 +401,9 @@ class FleetDetector:
             q1 = np.minimum(q0 + shift, 0.99)
             h[c] = table.lookup(arl0, q0, q1)
             up[c], down[c] = self._logs(q1 / q0), self._logs((1.0 - q1) / (1.0 - q0))
+        lz_before = self.cusum.last_zero[:, idx].copy()
         self.cusum.update(idx, n, d, up, down)
+        self._track_evidence(idx, n, d, q0, lz_before)
         s = self.cusum.s[:, idx]
         open_ = self.alerting[idx]
         end_ms = t_ms + SLICE_MS
@@ -412,6 +415,9 @@ class FleetDetector:
             if done.any():
                 seg, o = seg[done], o[done]
                 self.cusum.restart(seg, h[:, o] / 2)
+                self.ev_n[:, seg] = 0
+                self.ev_d[:, seg] = 0
+                self.ev_e[:, seg] = 0.0
                 self.alerting[seg] = False
                 self.log.resolved_segment.append(seg)
                 self.log.resolved_ms.append(np.full(seg.size, t_ms, dtype=np.int64))
@@ -421,9 +427,8 @@ class FleetDetector:
             seg = idx[fired]
             which = fire[1, fired].astype(np.int64)  # the +25 pp CUSUM when it fired
             lz = self.cusum.last_zero[which, seg]
-            lzd = self.cusum.zero_detractors[which, seg]
-            share = (self.cusum.detractors[seg] - lzd) / (self.cusum.answers[seg] - lz)
-            sev1 = (which == 1) | (share - q0[fired] >= settings.sev1_rise)
+            ev_n, ev_d, ev_e = self.ev_n[which, seg], self.ev_d[which, seg], self.ev_e[which, seg]
+            sev1 = (which == 1) | (ev_d / ev_n - ev_e / ev_n >= settings.sev1_rise)
             self.alerting[seg] = True
             self.opened_end_ms[seg] = end_ms
             log = self.log
@@ -432,6 +437,18 @@ class FleetDetector:
             log.cusum.append(which)
             log.onset.append(lz + 1)
             log.sev1.append(sev1)
+
+    def _track_evidence(self, idx: np.ndarray, n: np.ndarray, d: np.ndarray, q0: np.ndarray,
+                        lz_before: np.ndarray) -> None:
+        """processors.spikes.Evidence per CUSUM (answers, detractors, expected detractors) from the onset slice:
+        reset where S hit 0 in this slice (to nothing if at its last answer, else to this slice), else added."""
+        lz = self.cusum.last_zero[:, idx]
+        moved = lz != lz_before
+        past = lz == self.cusum.answers[idx]
+        expected = 0.0 + n * q0
+        self.ev_n[:, idx] = np.where(moved, np.where(past, 0, n), self.ev_n[:, idx] + n)
+        self.ev_d[:, idx] = np.where(moved, np.where(past, 0, d), self.ev_d[:, idx] + d)
+        self.ev_e[:, idx] = np.where(moved, np.where(past, 0.0, expected), self.ev_e[:, idx] + n * q0)
 
     def _logs(self, x: np.ndarray) -> np.ndarray:
         if self.exact_logs:

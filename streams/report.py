@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
-from processors.timeparse import format_rfc3339_ms
+from streams.alert_text import clock, describe_alert
 from streams.replay import ReplayResult, describe_span
 
 
@@ -52,30 +51,20 @@ def _segments(lines: list[str], result: ReplayResult, alerted: set[str], top: in
 
 
 def _alerts(lines: list[str], result: ReplayResult, out_dir: Path) -> None:
-    lines.append(f"Alerts: {len(result.alerts)} -> {out_dir / 'alerts.jsonl'}")
+    opened = [alert for alert in result.alerts if alert["type"] == "alert.opened"]
+    incidents = {alert["incident_id"] for alert in result.alerts}
+    lines.append(f"Alerts: {len(opened)} opened in {len(incidents)} incident(s); {len(result.alerts)} events "
+                 f"(opened, updated, resolved) -> {out_dir / 'alerts.jsonl'}")
     if not result.alerts:
         lines.append("  none")
         return
-    for segment, alerts in _by_segment(result.alerts):
-        first = alerts[0]
-        lines.append(f"  {segment}: {len(alerts)} alert(s), first for window "
-                     f"{_clock(first['window_start'])}-{_clock(first['window_end'])[11:]} UTC ({first['window']} window)")
-        for alert in alerts:
-            lines.append(
-                f"    {alert['severity']}  {_clock(alert['window_start'])[11:]}-{_clock(alert['window_end'])[11:]}  "
-                f"detractors {alert['detractors']}/{alert['responses']} = {100 * alert['detractor_share']:.1f}% "
-                f"vs baseline {100 * alert['baseline_share']:.1f}% (+{alert['rise_pp']:.1f} pp, p={alert['p_value']:.1e}), "
-                f"NPS {alert['nps']:+.0f} vs {alert['baseline_nps']:+.0f}, excess detractors {alert['excess_detractors']:.1f}"
-            )
-
-
-def _by_segment(alerts: Iterable[dict]) -> list[tuple[str, list[dict]]]:
-    grouped: dict[str, list[dict]] = {}
-    for alert in alerts:
-        grouped.setdefault(alert["segment_id"], []).append(alert)
-    return sorted(grouped.items(), key=lambda item: (item[1][0]["window_end"], item[0]))
-
-
-def _clock(ms: int) -> str:
-    """'2026-03-02 14:05' (UTC)."""
-    return format_rfc3339_ms(ms).replace("T", " ")[:16]
+    by_incident: dict[str, list[dict]] = {}
+    for alert in result.alerts:
+        by_incident.setdefault(alert["incident_id"], []).append(alert)
+    for incident, events in sorted(by_incident.items(), key=lambda item: (item[1][0]["at"], item[0])):
+        root = next((e for e in events if e["alert_id"] == incident), events[0])
+        segments = sorted({e["segment_id"] for e in events})
+        lines.append(f"  incident {incident[:8]} from {clock(root['onset_at'])} UTC: {len(segments)} segment(s), "
+                     f"led by {root['segment_id']}")
+        for event in events:
+            lines.append(f"    {describe_alert(event)}")

@@ -39,9 +39,16 @@ def test_shrinkage_toward_the_parent() -> None:
     settings = BaselineSettings(shrinkage=300.0, min_history=1000)
     assert base.share(7, 0.20, settings) == pytest.approx((360 + 300 * 0.20) / (1200 + 300))
     assert base.share(8, 0.20, settings) == pytest.approx(0.20)  # an hour never seen: the parent's share
-    assert base.share(7, None, settings) == pytest.approx(360.5 / 1201)
+    q_all = 360.5 / 1201
+    assert base.share(7, None, settings) == pytest.approx((360 + 300 * q_all) / 1500)
+    assert base.share(8, None, settings) == pytest.approx(q_all)  # a root's empty hour: its all-hours share
     assert base.share(7, 0.2, BaselineSettings(shrinkage=0.0, min_history=1000)) == pytest.approx(0.30)
-
+    base.update(T0 + 7 * HOUR_MS + 60_000, 10, 2, settings, promoters=5)
+    base.update(T0 + 9 * HOUR_MS, 100, 20, settings, promoters=50)
+    assert base.promoter_share(9, None, settings) == pytest.approx((50 + 300 * 55.5 / 1311) / 400)
+    assert base.promoter_share(9, 0.5, settings) == pytest.approx((50 + 300 * 0.5) / (100 + 300))
+    with pytest.raises(ValueError, match="promoters"):
+        base.update(T0 + 7 * HOUR_MS + 120_000, 10, 6, settings, promoters=5)
 
 def test_parent_share_below_min_history_and_none_without_parent() -> None:
     base = HourlyBaseline()

@@ -12,6 +12,7 @@ import pytest
 from processors.config import ConfigError, config_from_dict
 from processors.nps import Loyalty
 from processors.segments import BandDimension
+from processors.spikes import DetectionSettings
 from processors.windows import WindowSpec
 
 MIN = 60_000
@@ -22,11 +23,10 @@ def test_shipped_default_loads(default_doc: dict[str, Any]) -> None:
     engine = config.engine
     assert engine.windows.specs == (WindowSpec("5m", 5 * MIN, 5 * MIN), WindowSpec("1h/5m", 60 * MIN, 5 * MIN))
     assert (engine.windows.slice_ms, engine.windows.grace_ms) == (MIN, 2 * MIN)
-    assert engine.detection.window == "5m"
-    assert engine.detection.alpha == default_doc["detection"]["alpha"]
-    assert engine.detection.min_responses == 10
-    assert engine.detection.min_baseline_responses == 200
-    assert engine.detection.cooldown_ms == 30 * MIN
+    assert engine.detection == DetectionSettings()  # the shipped file says what the code defaults to
+    assert engine.detection.shifts == (0.10, 0.25)
+    assert engine.detection.baseline.horizon_days == 28.0
+    assert engine.detection.min_open_ms == 30 * MIN
     assert engine.profiles.horizon_days == 90
     assert engine.profiles.tiers == (("silver", Decimal(100)), ("gold", Decimal(500)), ("platinum", Decimal(2000)))
     assert engine.segmentation.segments[:6] == ((), ("region",), ("channel",), ("touchpoint",), ("tier",),
@@ -76,7 +76,8 @@ def no_tumbling(doc: dict[str, Any]) -> None:
 
 BAD_CONFIGS = [
     ("grace not a duration", setter("windows", "grace", value="2x"), "windows.grace"),
-    ("detection window not configured", setter("detection", "window", value="7m"), "detection.window"),
+    ("old detection setting", setter("detection", "window", value="5m"), "detection.window"),
+    ("slices not one minute", setter("windows", "slice", value="5m"), "windows.slice"),
     ("duplicate campaign id", duplicate_campaign, "campaigns[1].id"),
     ("unknown setting", setter("windows", "sise", value="5m"), "windows.sise"),
     ("unknown section", setter("metrics", value={}), "metrics"),
@@ -97,11 +98,14 @@ BAD_CONFIGS = [
      "segmentation.segments[1]"),
     ("segment listed twice", setter("segmentation", "segments", value=["region", "region"]),
      "segmentation.segments[1]"),
-    ("alpha out of range", setter("detection", "alpha", value=0.7), "detection.alpha"),
-    ("alpha a boolean", setter("detection", "alpha", value=True), "detection.alpha"),
-    ("min_rise a string", setter("detection", "min_rise", value="5pp"), "detection.min_rise"),
-    ("min_responses too small", setter("detection", "min_responses", value=2), "detection.min_responses"),
-    ("min_responses a float", setter("detection", "min_responses", value=10.0), "detection.min_responses"),
+    ("budget zero", setter("detection", "false_alerts_per_day", value=0), "detection.false_alerts_per_day"),
+    ("budget a boolean", setter("detection", "false_alerts_per_day", value=True), "detection.false_alerts_per_day"),
+    ("shifts not increasing", setter("detection", "shifts_pp", value=[25, 10]), "detection.shifts_pp"),
+    ("shifts empty", setter("detection", "shifts_pp", value=[]), "detection.shifts_pp"),
+    ("segments zero", setter("detection", "segments", value=0), "detection.segments"),
+    ("horizon too short", setter("detection", "baseline_horizon", value="1d"), "detection.baseline_horizon"),
+    ("shrinkage negative", setter("detection", "shrinkage", value=-1), "detection.shrinkage"),
+    ("sev1 rise a string", setter("detection", "sev1_rise_pp", value="20pp"), "detection.sev1_rise_pp"),
     ("profile currency lower-case", setter("profiles", "currency", value="eur"), "profiles.currency"),
     ("negative fx rate", setter("profiles", "fx_rates", value={"USD": -0.9}), "profiles.fx_rates.USD"),
     ("fx rate key not a currency", setter("profiles", "fx_rates", value={"usd": 0.9}), "profiles.fx_rates.usd"),

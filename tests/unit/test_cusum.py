@@ -14,6 +14,7 @@ from processors.cusum import (
     cached_threshold,
     fleet_arl0_answers,
     lattice_for,
+    threshold_lower_bound,
     llr_increments,
     threshold_for_arl,
 )
@@ -269,3 +270,15 @@ def test_fleet_arl0_answers() -> None:
 def test_fleet_arl0_answers_validation(args: tuple[float, int, float], kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fleet_arl0_answers(*args, **kwargs)
+
+
+def test_threshold_lower_bound_holds_on_a_wide_grid() -> None:
+    rng = random.Random(11)
+    cells = [(0.005, 0.105, 50.0), (0.012, 0.262, 56.2), (0.95, 0.99, 1e6), (0.5, 0.75, 4.0)]
+    for _ in range(150):
+        q0 = round(rng.choice([rng.uniform(0.005, 0.08), rng.uniform(0.005, 0.94)]), 3)
+        cells.append((q0, min(q0 + rng.choice([0.10, 0.25]), 0.99), 2 ** rng.uniform(2, 32)))
+    for q0, q1, target in cells:
+        h = cached_threshold(target, q0, q1)
+        bound = threshold_lower_bound(target, q0, q1)
+        assert bound == 0.0 or bound <= h - 0.4, (q0, q1, target, h, bound)  # with room to spare

@@ -1,7 +1,7 @@
 """Evaluation harness (streams.evaluation, streams.fleet_detector, streams.window_tests).
 
-The guard that the harness measures npspulse's detector: the vectorised detector and a scalar reference built
-from processors.baseline and processors.cusum raise identical alarms on a small random fleet. No timing or
+The guard that the harness measures npspulse's detector: the vectorised detector and the product's detector
+(processors.spikes) raise identical alarms on a small random fleet. No timing or
 rate assertions here (the harness prints those).
 """
 
@@ -13,9 +13,10 @@ import random
 import numpy as np
 import pytest
 
-from processors.baseline import HourlyBaseline, hour_of
-from processors.cusum import BernoulliCusum, cached_threshold, fleet_arl0_answers
-from processors.nps import wilson_interval
+from processors.cusum import cached_threshold, fleet_arl0_answers
+from processors.nps import NpsCounts
+from processors.spikes import DetectionSettings as SpikeSettings
+from processors.spikes import SpikeDetector, SpikeState
 from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.evaluation import (
     EvalConfig,
@@ -45,59 +46,20 @@ def _one_blas_thread() -> None:
     single_threaded_blas()
 
 
-class ScalarSegment:
-    """The spec for one segment, slice by slice, from the scalar building blocks."""
-
-    def __init__(self, settings: DetectorSettings) -> None:
-        self.settings = settings
-        self.base = HourlyBaseline()
-        self.cusums = [BernoulliCusum(), BernoulliCusum()]
-        self.open = False
-        self.opened_end = 0
-        self.recent: list[tuple[int, int, int]] = []
-
-    def step(self, t: int, n: int, d: int, parent_share: float | None) -> tuple[str, int, int] | None:
-        st, bs = self.settings, self.settings.baseline
-        self.recent = [x for x in [*self.recent, (t, n, d)] if x[0] > t - 60 * MINUTE_MS]
-        event = None
-        q0 = self.base.share(hour_of(t), parent_share, bs)
-        if q0 is not None:
-            arl0 = fleet_arl0_answers(self.base.traffic_per_window(bs), st.fleet_segments, st.false_alerts_per_day)
-            hs = []
-            for cusum, shift in zip(self.cusums, st.shifts, strict=True):
-                q1 = min(q0 + shift, 0.99)
-                hs.append(cached_threshold(arl0, q0, q1))
-                cusum.update_slice(d, n, q0, q1)
-            end = t + MINUTE_MS
-            if self.open:
-                upper = wilson_interval(sum(x[2] for x in self.recent), sum(x[1] for x in self.recent))[1]
-                if end - self.opened_end >= st.min_open_ms and upper < q0 + st.resolve_margin:
-                    for cusum, h in zip(self.cusums, hs, strict=True):
-                        cusum.restart(h / 2)
-                    self.open = False
-                    event = ("resolved", 0, 0)
-            elif any(c.s >= h for c, h in zip(self.cusums, hs, strict=True)):
-                which = 1 if self.cusums[1].s >= hs[1] else 0
-                self.open, self.opened_end = True, end
-                event = ("opened", which, self.cusums[which].last_zero + 1)
-        if not self.open:
-            self.base.update(t, n, d, bs)
-        return event
-
-
 def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
     size, group, rate = 16, 8, 10.0
     settings = DetectorSettings(fleet_segments=2)  # a tiny fleet budget: many alarms and resolutions
     rng = np.random.default_rng(12)
     fleet = FleetDetector(size, group, settings)
-    segments = [ScalarSegment(settings) for _ in range(size)]
-    parents = [HourlyBaseline() for _ in range(size // group)]
+    detector = SpikeDetector(SpikeSettings(segments=settings.fleet_segments))
+    segments = [SpikeState() for _ in range(size)]
+    parents = [SpikeState() for _ in range(size // group)]  # the harness's parents take every answer
 
     def feed_parents(t: int, n: np.ndarray, d: np.ndarray) -> None:
         for g, parent in enumerate(parents):
             gn, gd = int(n[g * group:(g + 1) * group].sum()), int(d[g * group:(g + 1) * group].sum())
             if gn:
-                parent.update(t, gn, gd, settings.baseline)
+                parent.baseline.update(t, gn, gd, settings.baseline)
 
     for day in range(28):
         n_day, d_day = history_day(rng, "independent", rate, size)
@@ -107,7 +69,7 @@ def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
             fleet.feed_history(t, n, d)
             for i, seg in enumerate(segments):
                 if n[i]:
-                    seg.base.update(t, int(n[i]), int(d[i]), settings.baseline)
+                    seg.baseline.update(t, int(n[i]), int(d[i]), settings.baseline)
             feed_parents(t, n, d)
     start = T0 + 28 * DAY_MS
     onset = np.where(np.arange(size) % 3 == 0, rng.integers(60, 600, size), 10**9)
@@ -119,25 +81,29 @@ def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
         if m > 700:  # spikes over: alerts resolve
             d = np.minimum(d, n // 4)
         fleet.step(t, n, d)
-        parent_q = [p.share(hour_of(t), None, settings.baseline) for p in parents]
         for i, seg in enumerate(segments):
-            if n[i]:
-                event = seg.step(t, int(n[i]), int(d[i]), parent_q[i // group])
-                if event and event[0] == "opened":
-                    opened.append((i, t, event[1], event[2]))
-                elif event:
+            if not n[i]:
+                continue
+            counts = NpsCounts(detractors=int(d[i]), passives=int(n[i] - d[i]))
+            for event in detector.observe(f"s={i}", "p", t, counts, {}, [seg, parents[i // group]]):
+                if event.kind == "opened":
+                    assert seg.alert is not None
+                    onset_answer = seg.cusums[seg.alert.design].last_zero + 1
+                    opened.append((i, t, seg.alert.design, onset_answer, event.severity == "sev-1"))
+                elif event.kind == "resolved":
                     resolved.append((i, t))
         feed_parents(t, n, d)
     log = fleet.log.opened()
     vector_opened = sorted(zip(log["segment"].tolist(), log["slice_ms"].tolist(), log["cusum"].tolist(),
-                               log["onset"].tolist(), strict=True))
+                               log["onset"].tolist(), log["sev1"].tolist(), strict=True))
     res_seg, res_ms = fleet.log.resolved()
     assert len(opened) >= 10 and len(resolved) >= 5  # the comparison exercises alarms and resolutions
     assert vector_opened == sorted(opened)
     assert sorted(zip(res_seg.tolist(), res_ms.tolist(), strict=True)) == sorted(resolved)
+    assert {x[4] for x in opened} == {True, False}  # both severities compared
     scalar_s = np.array([[c.s for c in seg.cusums] for seg in segments]).T
     np.testing.assert_allclose(fleet.cusum.s, scalar_s, rtol=0, atol=1e-9)
-    assert all((np.array(seg.base.n) == fleet.baseline.n[:, i]).all() for i, seg in enumerate(segments))
+    assert all((np.array(seg.baseline.n) == fleet.baseline.n[:, i]).all() for i, seg in enumerate(segments))
 
 
 def test_threshold_table_keys_match_cached_threshold() -> None:

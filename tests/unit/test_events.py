@@ -11,10 +11,11 @@ import pytest
 
 from processors.events import (
     SCHEMA_VERSION,
+    AlertEvent,
+    Driver,
     EventError,
     Purchase,
     RetargetTrigger,
-    SegmentAlert,
     SurveyResponse,
     TimeBounds,
     parse_event,
@@ -242,14 +243,15 @@ def test_survey_repr_hides_the_comment() -> None:
 # ---------------------------------------------------------------- output ids
 
 
-def make_alert(**changes: Any) -> SegmentAlert:
+def make_alert(**changes: Any) -> AlertEvent:
     fields: dict[str, Any] = dict(
-        segment_id="region=EU", window="5m", window_start=ANSWERED_MS, window_end=ANSWERED_MS + 300_000,
-        rule="detractor-spike.binomial", severity="sev-1", responses=40, detractors=24, promoters=6,
-        detractor_share=0.6, baseline_share=0.2, baseline_responses=500, rise_pp=40.0, p_value=1e-9,
-        nps=-45.0, baseline_nps=25.0, excess_detractors=16.0)
+        kind="opened", alert_id="a" * 32, incident_id="a" * 32, segment_id="region=EU|tier=gold",
+        parent_segment_id="region=EU", rule="detractor-spike.cusum", severity="sev-1", design_shift_pp=25,
+        at=ANSWERED_MS + 600_000, opened_at=ANSWERED_MS + 600_000, onset_at=ANSWERED_MS, responses=40,
+        detractors=24, promoters=6, expected_detractors=8.0, expected_promoters=18.0, statistic=14.2, threshold=13.1,
+        drivers=(Driver("touchpoint", "delivery", 20, 16, 4.0),))
     fields.update(changes)
-    return SegmentAlert(**fields)
+    return AlertEvent(**fields)
 
 
 def make_trigger(**changes: Any) -> RetargetTrigger:
@@ -261,16 +263,15 @@ def make_trigger(**changes: Any) -> RetargetTrigger:
     return RetargetTrigger(**fields)
 
 
-def test_alert_id_is_deterministic_and_content_derived() -> None:
+def test_alert_event_id_is_deterministic_and_content_derived() -> None:
     alert = make_alert()
     assert alert.id == make_alert().id
-    # Measurements do not change the identity of (segment, window, start, rule)...
-    assert make_alert(detractors=30, p_value=1e-12, severity="sev-2").id == alert.id
+    # Measurements do not change the identity of (alert, kind, time)...
+    assert make_alert(detractors=30, severity="sev-2", drivers=()).id == alert.id
     # ...but each identity part does.
-    others = {make_alert(segment_id="region=NA").id, make_alert(window="1h/5m").id,
-              make_alert(window_start=ANSWERED_MS + 300_000).id, make_alert(rule="other").id}
+    others = {make_alert(alert_id="b" * 32).id, make_alert(kind="resolved").id, make_alert(at=ANSWERED_MS).id}
     assert alert.id not in others
-    assert len(others) == 4
+    assert len(others) == 3
     assert len(alert.id) == 32
     int(alert.id, 16)
 
@@ -284,13 +285,21 @@ def test_trigger_id_is_deterministic_and_content_derived() -> None:
     assert len(others) == 2
 
 
-def test_alert_to_dict_carries_schema_version_and_id() -> None:
-    alert = make_alert(detractor_share=0.123456789)
+def test_alert_to_dict_carries_schema_version_id_and_evidence() -> None:
+    alert = make_alert()
     out = alert.to_dict()
-    assert out["schema_version"] == SCHEMA_VERSION
+    assert out["schema_version"] == SCHEMA_VERSION == 2
     assert out["id"] == alert.id
-    assert out["type"] == "segment.alert"
-    assert out["detractor_share"] == 0.123457
+    assert out["type"] == "alert.opened"
+    assert out["resolved_at"] is None and make_alert(kind="resolved").to_dict()["resolved_at"] == alert.at
+    assert out["detractor_share"] == 0.6 and out["baseline_share"] == 0.2 and out["rise_pp"] == 40.0
+    assert out["share_low"] < 0.6 < out["share_high"]
+    assert (out["share_low"], out["share_high"]) == pytest.approx((0.446, 0.737), abs=1e-3)
+    assert out["nps"] == -45.0 and out["baseline_nps"] == 25.0 and out["nps_change"] == -70.0
+    assert out["excess_detractors"] == 16.0
+    assert out["drivers"] == [{"dimension": "touchpoint", "value": "delivery", "responses": 20, "detractors": 16,
+                               "expected": 4.0, "excess": 12.0}]
+    assert out["onset_iso"] == "2025-11-24T10:15:00Z"
     assert orjson.loads(orjson.dumps(out)) == out
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from processors.config import Config
-from processors.events import SegmentAlert, SurveyResponse
+from processors.events import SurveyResponse
 from processors.nps import Loyalty
 from processors.retarget import CampaignRule, Retargeter
 from processors.windows import AnswerRef
@@ -24,12 +26,12 @@ def answer(score: int, event_id: str = "e-1", customer_id: str = "c-1") -> Surve
     return SurveyResponse(event_id=event_id, customer_id=customer_id, score=score, answered_at=AT, region="EU")
 
 
-def alert(segment_id: str = "region=EU|tier=gold", window_start: int = AT) -> SegmentAlert:
-    return SegmentAlert(
-        segment_id=segment_id, window="5m", window_start=window_start, window_end=window_start + 300_000,
-        rule="detractor-spike.binomial", severity="sev-1", responses=40, detractors=24, promoters=6,
-        detractor_share=0.6, baseline_share=0.2, baseline_responses=500, rise_pp=40.0, p_value=1e-9, nps=-45.0,
-        baseline_nps=25.0, excess_detractors=16.0)
+ALERT_ID = "f" * 32
+
+
+def alert(segment_id: str = "region=EU|tier=gold", at: int = AT) -> dict[str, Any]:
+    """for_alert's alert arguments: segment, alert id, severity, time."""
+    return {"segment_id": segment_id, "alert_id": ALERT_ID, "severity": "sev-1", "at": at}
 
 
 def test_promoter_answer_yields_one_trigger_however_many_segments_match() -> None:
@@ -86,28 +88,28 @@ def test_alert_rule_yields_one_trigger_per_detractor_ref() -> None:
     refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 9, "gold"), ("e-3", "c-3", 6, None),
                              ("e-4", "c-4", 7, "gold")]
     the_alert = alert()
-    triggers = Retargeter((RECOVERY, REFERRAL)).for_alert(the_alert, refs)
+    triggers = Retargeter((RECOVERY, REFERRAL)).for_alert(**the_alert, answers=refs)
     assert [t.event_id for t in triggers] == ["e-1", "e-3"]
     for trigger in triggers:
-        assert trigger.alert_id == the_alert.id
+        assert trigger.alert_id == ALERT_ID
         assert trigger.campaign_id == "service-recovery"
-        assert trigger.segment_id == the_alert.segment_id
+        assert trigger.segment_id == the_alert["segment_id"]
         assert trigger.loyalty == "detractor"
         assert trigger.priority == "high"
-        assert (trigger.created_at, trigger.expires_at) == (the_alert.window_end, the_alert.window_end + 3 * DAY)
-        assert trigger.to_dict()["alert_id"] == the_alert.id
+        assert (trigger.created_at, trigger.expires_at) == (AT, AT + 3 * DAY)
+        assert trigger.to_dict()["alert_id"] == ALERT_ID
     assert [t.customer_id for t in triggers] == ["c-1", "c-3"]
 
 
 def test_alert_rule_ids_are_deterministic() -> None:
     refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-3", "c-3", 0, "gold")]
     retargeter = Retargeter((RECOVERY,))
-    first = [t.id for t in retargeter.for_alert(alert(), refs)]
-    again = [t.id for t in Retargeter((RECOVERY,)).for_alert(alert(), list(refs))]
+    first = [t.id for t in retargeter.for_alert(**alert(), answers=refs)]
+    again = [t.id for t in Retargeter((RECOVERY,)).for_alert(**alert(), answers=list(refs))]
     assert first == again
     assert len(set(first)) == 2
     # The same answer seen through another alerting segment keeps its id: one trigger per campaign and answer.
-    other = [t.id for t in retargeter.for_alert(alert("all"), refs)]
+    other = [t.id for t in retargeter.for_alert(**alert("all"), answers=refs)]
     assert other == first
 
 
@@ -116,8 +118,8 @@ def test_alert_rule_respects_segment_pattern_and_tiers() -> None:
                         segments=("region=EU|*",), tiers=frozenset({"gold"}))
     refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 2, "silver")]
     retargeter = Retargeter((rule,))
-    assert [t.event_id for t in retargeter.for_alert(alert("region=EU|tier=gold"), refs)] == ["e-1"]
-    assert retargeter.for_alert(alert("region=NA|tier=gold"), refs) == []
+    assert [t.event_id for t in retargeter.for_alert(**alert("region=EU|tier=gold"), answers=refs)] == ["e-1"]
+    assert retargeter.for_alert(**alert("region=NA|tier=gold"), answers=refs) == []
 
 
 def test_alert_loyalties() -> None:
@@ -130,5 +132,5 @@ def test_default_campaigns(default_config: Config) -> None:
     (trigger,) = retargeter.for_answer(answer(10), MEMBERSHIPS, "gold")
     assert trigger.campaign_id == "referral-ask"
     assert retargeter.for_answer(answer(3), MEMBERSHIPS, "gold") == []
-    triggers = retargeter.for_alert(alert(), [("e-9", "c-9", 1, "gold")])
+    triggers = retargeter.for_alert(**alert(), answers=[("e-9", "c-9", 1, "gold")])
     assert [(t.campaign_id, t.priority) for t in triggers] == [("service-recovery", "high")]

@@ -1,169 +1,185 @@
-"""Detractor-spike detection (processors.spikes) on closed windows."""
+"""Detractor-spike detection (processors.spikes): baseline, dual CUSUM, alert lifecycle, evidence, drivers."""
 
 from __future__ import annotations
 
 import random
 
 import orjson
-import pytest
 
-from processors.events import SegmentAlert
-from processors.nps import NpsCounts, binomial_upper_tail
-from processors.spikes import RULE, DetectionSettings, SpikeDetector, SpikeState, severity_for
-from processors.windows import WindowResult
+from processors.baseline import BaselineSettings
+from processors.cusum import cached_threshold, fleet_arl0_answers
+from processors.events import AlertEvent
+from processors.nps import NpsCounts
+from processors.spikes import Design, DetectionSettings, SpikeDetector, SpikeState, baseline_shares, drivers
 
 MIN = 60_000
 HOUR = 60 * MIN
-T0 = 20_416 * 24 * HOUR  # 2025-11-24T00:00:00Z
-WINDOW = 5 * MIN
-SEGMENT = "region=EU"
-SETTINGS = DetectionSettings(window="5m", min_responses=10, alpha=1e-4, min_rise=0.05,
-                             baseline_halflife_ms=6 * HOUR, min_baseline_responses=200, cooldown_ms=30 * MIN)
+DAY = 24 * HOUR
+T0 = 20_416 * DAY  # 2025-11-24T00:00:00Z
+SEGMENT, PARENT = "region=EU|channel=app", "region=EU"
+SETTINGS = DetectionSettings(segments=100)
 
 
-def window(index: int, detractors: int, responses: int, promoters: int = 0) -> WindowResult:
-    start = T0 + index * WINDOW
-    counts = NpsCounts(detractors=detractors, passives=responses - detractors - promoters, promoters=promoters)
-    return WindowResult(SEGMENT, "5m", start, start + WINDOW, counts)
+def counts(n: int, d: int, p: int = 0) -> NpsCounts:
+    return NpsCounts(detractors=d, passives=n - d - p, promoters=p)
 
 
-def warmed_up(windows: int = 20) -> tuple[SpikeDetector, SpikeState]:
-    """A detector whose baseline has seen ``windows`` windows of 50 answers at a 20 % detractor share."""
+def history(days: int = 7, n: int = 10, share: float = 0.2) -> SpikeState:
+    """A segment state whose baseline has seen ``days`` days of ``n`` answers a minute at ``share``."""
+    state = SpikeState()
+    rng = random.Random(days)
+    for minute in range(days * 24 * 60):
+        d = sum(rng.random() < share for _ in range(n))
+        state.baseline.update(T0 - days * DAY + minute * MIN, n, d, SETTINGS.baseline, promoters=(n - d) // 2)
+    return state
+
+
+def feed(detector: SpikeDetector, chain: list[SpikeState], start: int, minutes: int, n: int, share: float,
+         rng: random.Random, breakdown: dict | None = None) -> list[AlertEvent]:
+    events = []
+    for minute in range(minutes):
+        d = sum(rng.random() < share for _ in range(n))
+        pieces = breakdown or {"touchpoint=web": [n, d]}
+        events += detector.observe(SEGMENT, PARENT, start + minute * MIN, counts(n, d, (n - d) // 2), pieces, chain)
+    return events
+
+
+def test_quiet_stream_never_alerts_and_teaches_the_baseline() -> None:
+    detector, state = SpikeDetector(SETTINGS), history(days=2)
+    before = state.baseline.history
+    assert feed(detector, [state], T0, 600, 10, 0.2, random.Random(1)) == []
+    assert state.baseline.history > before  # every slice taught the baseline
+    assert state.alert is None
+
+
+def test_warming_up_root_feeds_only_the_baseline() -> None:
     detector, state = SpikeDetector(SETTINGS), SpikeState()
-    for index in range(windows):
-        assert detector.evaluate(state, window(index, 10, 50, promoters=25)) is None
-    return detector, state
+    assert feed(detector, [state], T0, 60, 10, 0.9, random.Random(2)) == []  # < 1000 answers, no parent
+    assert state.cusums[0].answers == 0 and state.baseline.history == 600
 
 
-def decay(minutes: int) -> float:
-    return 0.5 ** (minutes * MIN / SETTINGS.baseline_halflife_ms)
+def test_spike_opens_one_alert_with_onset_evidence_and_drivers() -> None:
+    detector, state = SpikeDetector(SETTINGS), history()
+    rng = random.Random(3)
+    assert feed(detector, [state], T0, 120, 10, 0.2, rng) == []
+    spike = T0 + 120 * MIN
+    events = []
+    for minute in range(20):
+        d_web = sum(rng.random() < 0.2 for _ in range(5))
+        d_app = sum(rng.random() < 0.9 for _ in range(5))  # the spike is all in touchpoint=checkout
+        pieces = {"touchpoint=web": [5, d_web], "touchpoint=checkout": [5, d_app], "region=EU": [10, d_web + d_app]}
+        events += detector.observe(SEGMENT, PARENT, spike + minute * MIN, counts(10, d_web + d_app), pieces, [state])
+    (opened,) = events
+    assert opened.kind == "opened" and opened.segment_id == SEGMENT and opened.parent_segment_id == PARENT
+    assert spike < opened.opened_at <= spike + 10 * MIN
+    assert spike - 3 * MIN <= opened.onset_at <= spike + 3 * MIN
+    assert opened.severity == "sev-1"  # a +35 pp rise
+    assert opened.incident_id == opened.alert_id  # no parent alert
+    record = opened.to_dict()
+    assert record["detractor_share"] > 0.4 and abs(record["baseline_share"] - 0.2) < 0.03
+    assert record["share_low"] < record["detractor_share"] < record["share_high"]
+    assert record["excess_detractors"] > 10 and record["nps_change"] < -20
+    assert record["statistic"] >= record["threshold"] > 5
+    # drivers: the excess is in checkout; region is fixed by the segment, web carries no excess
+    assert [(x.dimension, x.value) for x in opened.drivers] == [("touchpoint", "checkout")]
+    assert orjson.loads(orjson.dumps(record)) == record
+    assert state.alert is not None and state.alert.alert_id == opened.alert_id
 
 
-def test_warm_up_builds_the_baseline() -> None:
-    _, state = warmed_up()
-    assert state.responses >= SETTINGS.min_baseline_responses
-    assert state.detractors / state.responses == pytest.approx(0.2)
-    assert state.promoters / state.responses == pytest.approx(0.5)
-    assert state.updated_at == T0 + 20 * WINDOW
+def test_baseline_is_frozen_while_alerting_and_the_alert_resolves_with_a_head_start() -> None:
+    detector, state = SpikeDetector(SETTINGS), history()
+    rng = random.Random(4)
+    events = feed(detector, [state], T0, 30, 10, 0.6, rng)
+    assert [e.kind for e in events] == ["opened"]
+    frozen = list(state.baseline.n)
+    events = feed(detector, [state], T0 + 30 * MIN, 20, 10, 0.6, rng)
+    assert events == [] and state.baseline.n == frozen  # no repeats, nothing learnt from the incident
+    alert_id = state.alert.alert_id if state.alert else None
+    (resolved,) = feed(detector, [state], T0 + 50 * MIN, 120, 10, 0.2, rng)
+    assert resolved.kind == "resolved" and resolved.alert_id == alert_id
+    # the last hour's upper bound must be back under baseline + 5 pp: well after the spike ended
+    assert T0 + 50 * MIN + 30 * MIN <= resolved.at <= T0 + 170 * MIN
+    assert state.alert is None
+    assert state.baseline.n != frozen  # learning again
 
 
-@pytest.mark.parametrize(("detractors", "responses"), [(3, 3), (9, 9)])
-def test_no_alert_below_min_responses(detractors: int, responses: int) -> None:
-    detector, state = warmed_up()
-    before = state.responses
-    assert detector.evaluate(state, window(20, detractors, responses)) is None
-    # Not tested, so not significant: the window joins the baseline.
-    assert state.responses == pytest.approx(before * decay(5) + responses)
+def test_restart_at_half_the_threshold() -> None:
+    detector, state = SpikeDetector(SETTINGS), history()
+    rng = random.Random(5)
+    feed(detector, [state], T0, 30, 10, 0.6, rng)
+    assert state.alert is not None
+    # hand-check: make the resolution happen on this slice and compare S with h/2 computed independently
+    for minute in range(30, 400):
+        start = T0 + minute * MIN
+        events = detector.observe(SEGMENT, PARENT, start, counts(10, 0), {}, [state])
+        if events:
+            break
+    assert [e.kind for e in events] == ["resolved"]
+    q0 = state.baseline.share((start // HOUR) % 24, None, SETTINGS.baseline)
+    arl0 = fleet_arl0_answers(state.baseline.traffic_per_window(SETTINGS.baseline), SETTINGS.segments, 1.0)
+    for cusum, shift in zip(state.cusums, SETTINGS.shifts, strict=True):
+        assert cusum.s == cached_threshold(arl0, q0, q0 + shift) / 2
+        assert cusum.last_zero == cusum.answers
 
 
-def test_no_alert_without_enough_baseline() -> None:
-    detector, state = SpikeDetector(SETTINGS), SpikeState()
-    assert detector.evaluate(state, window(0, 50, 50)) is None  # no baseline at all
-    detector, state = warmed_up(windows=3)  # about 149 weighted answers < 200
-    assert state.responses < SETTINGS.min_baseline_responses
-    assert detector.evaluate(state, window(3, 45, 50)) is None
+def test_a_moderate_rise_is_sev2_then_escalates() -> None:
+    detector, state = SpikeDetector(SETTINGS), history(n=30)
+    rng = random.Random(6)
+    events = feed(detector, [state], T0, 12, 30, 0.33, rng)
+    assert [(e.kind, e.severity) for e in events] == [("opened", "sev-2")]
+    events = feed(detector, [state], T0 + 12 * MIN, 30, 30, 0.8, rng)
+    assert [(e.kind, e.severity) for e in events] == [("updated", "sev-1")]
 
 
-def test_no_alert_for_a_rise_below_min_rise() -> None:
-    # A huge window, 4 pp above the baseline: statistically certain, but below the 5 pp floor.
-    detector, state = warmed_up()
-    assert detector.evaluate(state, window(20, 2_400, 10_000)) is None
+def test_child_alert_joins_the_open_parent_incident() -> None:
+    detector = SpikeDetector(SETTINGS)
+    parent, child = history(n=40), history(n=10)
+    rng = random.Random(7)
+    parent_events = []
+    for minute in range(30):
+        start = T0 + minute * MIN
+        parent_events += detector.observe(PARENT, "all", start, counts(40, sum(rng.random() < 0.7 for _ in range(40))),
+                                          {}, [parent])
+    assert parent.alert is not None
+    (child_opened,) = [e for e in feed(detector, [child, parent], T0 + 30 * MIN, 30, 10, 0.7, rng) if e.kind == "opened"]
+    assert child_opened.incident_id == parent.alert.incident_id == parent_events[0].alert_id
+    assert child_opened.alert_id != child_opened.incident_id
 
 
-def test_clear_spike_alerts_with_correct_fields() -> None:
-    detector, state = warmed_up()
-    responses_before = state.responses * decay(5)
-    baseline = (state.detractors * decay(5) + 0.5) / (responses_before + 1.0)
-    alert = detector.evaluate(state, window(20, 30, 50, promoters=5))
-    assert isinstance(alert, SegmentAlert)
-    assert alert.segment_id == SEGMENT
-    assert (alert.window, alert.window_start, alert.window_end) == ("5m", T0 + 20 * WINDOW, T0 + 21 * WINDOW)
-    assert alert.rule == RULE
-    assert (alert.responses, alert.detractors, alert.promoters) == (50, 30, 5)
-    assert alert.detractor_share == pytest.approx(0.6)
-    assert alert.baseline_share == pytest.approx(baseline)
-    assert alert.baseline_share == pytest.approx(0.2, abs=0.002)
-    assert alert.rise_pp == pytest.approx(100 * (0.6 - baseline))
-    assert alert.severity == "sev-1"
-    assert alert.p_value == pytest.approx(binomial_upper_tail(30, 50, baseline))
-    assert alert.p_value <= SETTINGS.alpha
-    assert alert.nps == pytest.approx(-50.0)
-    assert alert.baseline_nps == pytest.approx(30.0)
-    assert alert.baseline_responses == round(responses_before)
-    assert alert.excess_detractors == pytest.approx(30 - 50 * baseline)
+def test_child_without_history_uses_the_parent_share() -> None:
+    parent = history(share=0.3)
+    child = SpikeState()
+    settings = BaselineSettings()
+    child.baseline.update(T0, 10, 1, settings)
+    q_child, _ = baseline_shares(5, [child, parent], settings)
+    q_parent, _ = baseline_shares(5, [parent], settings)
+    assert q_child == q_parent and abs(q_parent - 0.3) < 0.02
 
 
-def test_moderate_spike_is_sev_2() -> None:
-    detector, state = warmed_up()
-    alert = detector.evaluate(state, window(20, 124, 400))  # 31 %: +11 pp over 20 %
-    assert alert is not None
-    assert 10 <= alert.rise_pp < 20
-    assert alert.severity == "sev-2"
+def test_state_round_trips_mid_alert() -> None:
+    detector = SpikeDetector(SETTINGS)
+    state = history()
+    feed(detector, [state], T0, 40, 10, 0.6, random.Random(8))
+    assert state.alert is not None
+    copy = SpikeState.from_list(orjson.loads(orjson.dumps(state.to_list())))
+    later = [feed(detector, [s], T0 + 40 * MIN, 150, 10, 0.2, random.Random(9)) for s in (state, copy)]
+    assert [e.to_dict() for e in later[0]] == [e.to_dict() for e in later[1]]
+    assert later[0] and later[0][-1].kind == "resolved"
 
 
-@pytest.mark.parametrize(("rise", "severity"), [
-    (0.35, "sev-1"), (0.20, "sev-1"), (0.1999, "sev-2"), (0.10, "sev-2"), (0.0999, "sev-3"), (0.05, "sev-3"),
-])
-def test_severity_thresholds(rise: float, severity: str) -> None:
-    assert severity_for(rise) == severity
+def test_design_computes_the_threshold_only_near_it() -> None:
+    design = Design(fleet_arl0_answers(10, 1000, 1.0), 0.25, 0.35)
+    assert not design.reached(2.0)
+    assert design._h is None  # far below the bound: no threshold computed
+    assert design.reached(20.0) and design._h is not None and 11 < design.h < 12.5
 
 
-def test_cooldown_suppresses_a_repeat_and_allows_one_after() -> None:
-    detector, state = warmed_up()
-    first = detector.evaluate(state, window(20, 30, 50))
-    assert first is not None
-    assert state.cooldown_until == first.window_end + SETTINGS.cooldown_ms
-    assert detector.evaluate(state, window(21, 30, 50)) is None  # 5 minutes later: within cooldown
-    assert detector.evaluate(state, window(24, 30, 50)) is None  # 20 minutes later: within cooldown
-    later = detector.evaluate(state, window(27, 30, 50))  # 35 minutes after the first alert's end
-    assert later is not None
-    assert later.window_start == T0 + 27 * WINDOW
-    assert later.id != first.id
-
-
-def test_baseline_is_frozen_during_significant_windows() -> None:
-    detector, state = warmed_up()
-    before = SpikeState(*state.to_list())
-    assert detector.evaluate(state, window(20, 30, 50)) is not None
-    # Only the time decay applies: the alerting window's answers are not added to the baseline.
-    assert state.responses == pytest.approx(before.responses * decay(5))
-    assert state.detractors == pytest.approx(before.detractors * decay(5))
-    assert state.promoters == pytest.approx(before.promoters * decay(5))
-    # Significant but suppressed by the cooldown: frozen as well.
-    mid = SpikeState(*state.to_list())
-    assert detector.evaluate(state, window(21, 30, 50)) is None
-    assert state.responses == pytest.approx(mid.responses * decay(5))
-    assert state.detractors == pytest.approx(mid.detractors * decay(5))
-    # A normal window joins the baseline again.
-    calm = SpikeState(*state.to_list())
-    assert detector.evaluate(state, window(22, 10, 50)) is None
-    assert state.responses == pytest.approx(calm.responses * decay(5) + 50)
-    assert state.detractors == pytest.approx(calm.detractors * decay(5) + 10)
-
-
-def test_state_round_trips_as_plain_data() -> None:
-    detector, state = warmed_up()
-    detector.evaluate(state, window(20, 30, 50))
-    restored = SpikeState.from_list(orjson.loads(orjson.dumps(state.to_list())))
-    assert restored == state
-    # The restored state behaves the same.
-    again = SpikeState.from_list(state.to_list())
-    assert detector.evaluate(restored, window(27, 30, 50)) == detector.evaluate(again, window(27, 30, 50))
-
-
-def test_stationary_null_stream_rarely_alerts() -> None:
-    rng = random.Random(424242)
-    detector, state = SpikeDetector(SETTINGS), SpikeState()
-    alerts = 0
-    for index in range(2000):
-        detractors = promoters = 0
-        for _ in range(50):
-            u = rng.random()
-            if u < 0.25:
-                detractors += 1
-            elif u < 0.65:
-                promoters += 1
-        if detector.evaluate(state, window(index, detractors, 50, promoters)) is not None:
-            alerts += 1
-    assert state.responses >= SETTINGS.min_baseline_responses  # the test was live for almost every window
-    assert alerts <= 3
+def test_drivers_rank_by_excess_and_skip_fixed_dimensions() -> None:
+    detector, state = SpikeDetector(SETTINGS), history()
+    feed(detector, [state], T0, 1, 10, 0.2, random.Random(10))
+    evidence = state.evidence[0]
+    evidence.values = {"channel=app": [10, 9, 2.0], "touchpoint=a%7Cb": [10, 6, 2.0], "touchpoint=c": [10, 1, 2.0],
+                       "region=EU": [20, 15, 4.0]}
+    ranked = drivers(SEGMENT, evidence, 3)
+    assert [(x.dimension, x.value, x.detractors - x.expected) for x in ranked] == [("touchpoint", "a|b", 4.0)]
+    assert drivers("all", evidence, 1)[0].dimension == "region"  # nothing fixed: the largest excess first

@@ -47,7 +47,7 @@ class Feed:
         return self.close(self.watermark)
 
     def close(self, watermark: int) -> list[WindowResult]:
-        out = self.windows.close(watermark, SEGMENT, SETTINGS)
+        out, _ = self.windows.close(watermark, SEGMENT, SETTINGS)
         self.results.extend(out)
         return out
 
