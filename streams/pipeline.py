@@ -6,8 +6,10 @@
                         └── pre-aggregated per (segment, 1-min slice) ──> segment-slices (keyed by segment)
     [watermark timer] ── each source partition's stream time, every second, to every slice partition
     segment-slices ─> [segments agent] ── windows in the segments table, closed by the watermark
-                        ──> closed windows ──> windows; detector ──> alerts, alert-driven triggers
-                        ──> retarget; Redis snapshots
+                        ──> closed windows ──> windows; closed slices ──> detector ──> alert events,
+                        alert-driven triggers ──> retarget; Redis snapshots and alert feed
+    Parent segments (``all``, and single dimensions that crosses shrink toward) go to every slice partition:
+    each keeps a replica so its children's baselines read it locally; only the owner emits its outputs.
     anything unparseable or late ──> dead-letter (original bytes, source topic/partition/offset, reason)
 
 The watermark of a slice partition is the minimum stream time over the survey partitions (idle ones
@@ -28,6 +30,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT, Message
 
 from processors.config import Config
@@ -36,6 +39,7 @@ from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeB
 from processors.nps import NpsCounts
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
+from processors.segments import Hierarchy
 from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer
@@ -77,6 +81,10 @@ class Pipeline:
         # changelog partition comes from the key: the same murmur2 partitioner that keyed segment-slices.
         self.segments = self._table("segments", "per-segment windows and detector state", use_partitioner=True)
         retargeter = Retargeter(self.settings.campaigns)
+        self._hierarchy = Hierarchy(self.settings.segmentation)
+        self._replica_keys: dict[tuple[str, int], bytes] = {}
+        # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
+        self._snapshot_window = next(spec.name for spec in self.settings.windows.specs if spec.tumbling)
         self.customer_stage = CustomerStage(self.settings, retargeter)
         self._retargeter = retargeter
         self._profile_cache: dict[bytes, CustomerProfile] = {}
@@ -250,8 +258,14 @@ class Pipeline:
                 times[pending.partition] = answer.answered_at
         self.counters["surveys"] += len(ready)
         for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
-            sent.append(await self.slices.send(key=segment_id.encode(), value=orjson.dumps(
-                {"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs})))
+            value = orjson.dumps({"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs,
+                                  "b": aggregate.breakdown})
+            if self._hierarchy.is_parent(segment_id):
+                # every slice partition keeps a replica of a parent segment: its children there need its baseline
+                for partition in range(self.partitions):
+                    sent.append(await self.slices.send(key=segment_id.encode(), value=value, partition=partition))
+            else:
+                sent.append(await self.slices.send(key=segment_id.encode(), value=value))
         sent.extend(await self._send_triggers(triggers, partial))
         # Only after the slices are queued: a watermark marker never overtakes the data it covers.
         for partition, latest in times.items():
@@ -344,12 +358,15 @@ class Pipeline:
                 segment_id, start = data["s"], int(data["t"])
                 counts = NpsCounts.from_list(data["c"])
                 refs = [tuple(ref) for ref in data["r"]]
+                breakdown = {str(key): [int(n), int(d)] for key, (n, d) in data.get("b", {}).items()}
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
                 await self.send_dead_letter(message, "", f"malformed segment slice: {type(error).__name__}")
                 continue
             try:
-                stage.add_slice(segment_id, start, counts, refs)  # type: ignore[arg-type]
+                stage.add_slice(segment_id, start, counts, refs, breakdown)  # type: ignore[arg-type]
             except LateAnswer:
+                if not stage.owns(segment_id):
+                    continue  # a replica: the owner partition reports it
                 self.counters["late_answers"] += counts.total
                 await self.send_dead_letter(message, "answered_at", (
                     f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they arrived "
@@ -364,7 +381,8 @@ class Pipeline:
                 out.extend(stage.advance(watermark))
                 changed.update(stage.last_closed)
             for segment_id in changed:
-                self.segments[segment_id.encode()] = {"p": partition, **stage.segments[segment_id].to_dict()}
+                self.segments[self._table_key(segment_id, partition)] = {
+                    "p": partition, "s": segment_id, **stage.segments[segment_id].to_dict()}
         await self._publish(out)
         # Changelog and outputs delivered before the batch is acknowledged (when this returns).
         await self.app.producer.flush()
@@ -372,27 +390,47 @@ class Pipeline:
     def _stage(self, partition: int) -> SegmentStage:
         stage = self._stages.get(partition)
         if stage is None:
-            stage = self._stages[partition] = SegmentStage(self.settings, self._retargeter)
+            stage = self._stages[partition] = SegmentStage(
+                self.settings, self._retargeter, owns=lambda segment_id: self.partition_of(segment_id) == partition)
             self._trackers[partition] = WatermarkTracker(self.partitions, self.settings.windows.grace_ms)
             for key, value in list(self.segments.items()):
                 if value and value.get("p") == partition:
-                    stage.load(key.decode(), SegmentState.from_dict(value))
+                    stage.load(value.get("s") or key.decode(), SegmentState.from_dict(value))
         return stage
+
+    def partition_of(self, segment_id: str) -> int:
+        """The segment-slices partition that owns a segment: where the producer's partitioner sends its key."""
+        return partition_for(segment_id.encode(), self.partitions)
+
+    def _table_key(self, segment_id: str, partition: int) -> bytes:
+        """The segments-table key of a segment's state on a slice partition. The table's changelog is
+        partitioned by key, so a replica of a segment owned elsewhere gets a key that hashes to this partition
+        (its state is then recovered with the partition's other segments)."""
+        key = segment_id.encode()
+        if self.partition_of(segment_id) == partition:
+            return key
+        cached = self._replica_keys.get((segment_id, partition))
+        if cached is None:
+            suffix = 0
+            while partition_for(cached := key + b"@" + str(suffix).encode(), self.partitions) != partition:
+                suffix += 1
+            self._replica_keys[(segment_id, partition)] = cached
+        return cached
 
     async def _publish(self, out: Outputs) -> None:
         self.counters["windows"] += len(out.windows)
         for window in out.windows:
             await self.windows.send(key=window.segment_id.encode(), value=orjson.dumps(window.to_dict()))
-        for alert in out.alerts:
-            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(alert.to_dict()))
-        self.counters["alerts"] += len(out.alerts)
+        records = [alert.to_dict() for alert in out.alerts]
+        for alert, record in zip(out.alerts, records, strict=True):
+            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(record))
+        self.counters["alerts"] += sum(1 for alert in out.alerts if alert.kind == "opened")
         await self._send_triggers(out.triggers, False)
         if self.store and out.windows:
-            detection = self.settings.detection.window
-            await self.store.save_snapshots([w for w in out.windows if w.window == detection], {})
-        if self.store and out.alerts:
-            cooldown = self.settings.detection.cooldown_ms
-            await self.store.set_cooldowns({a.segment_id: (a.id, cooldown) for a in out.alerts})
+            snapshot = self._snapshot_window
+            await self.store.save_snapshots([w for w in out.windows if w.window == snapshot], {})
+        if self.store and records:
+            await self.store.save_alerts(records)
 
     async def _send_triggers(self, triggers: list[RetargetTrigger], partial: bool) -> list[Any]:
         sent = []
@@ -411,6 +449,11 @@ class Pipeline:
                    ("npspulse.source.partition", str(message.partition).encode()),
                    ("npspulse.source.offset", str(message.offset).encode())]
         await self.dead_letter.send(key=message.key, value=message.value, headers=headers)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's default partitioner (Kafka's murmur2) picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def enrich(answer: SurveyResponse, stored: dict[str, str] | None) -> SurveyResponse:

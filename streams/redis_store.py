@@ -1,5 +1,5 @@
 """Redis: customer attributes (a hash per customer), the latest per-segment NPS snapshot (a hash per
-segment, updated on window close), and alert cooldown keys.
+segment, updated on window close), each segment's alert state and a feed of recent alert events.
 
 One connection pool; one pipelined round trip per batch, never per event; a short-lived local cache for
 attributes. If Redis is unreachable the store degrades instead of failing: lookups return nothing (the
@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -23,7 +24,8 @@ log = logging.getLogger("npspulse.redis")
 ATTRIBUTES_KEY = "npspulse:customer:{}"
 SEGMENT_KEY = "npspulse:segment:{}"
 SEGMENT_INDEX_KEY = "npspulse:segments"
-COOLDOWN_KEY = "npspulse:cooldown:{}"
+ALERT_FEED_KEY = "npspulse:alerts"
+ALERT_FEED_SIZE = 10_000
 CACHE_SECONDS = 60.0
 RETRY_SECONDS = 2.0
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -103,14 +105,21 @@ class RedisStore:
             return
         self._recovered()
 
-    async def set_cooldowns(self, cooldowns: Mapping[str, tuple[str, int]]) -> None:
-        """segment id -> (alert id, milliseconds): a key per alerting segment that expires with its cooldown."""
-        if not cooldowns or not self._may_try(time.monotonic()):
+    async def save_alerts(self, records: Iterable[dict]) -> None:
+        """Alert events (schema 2 dicts): each segment's alert state in its hash, and a feed of recent events
+        (a sorted set by event time, the newest ALERT_FEED_SIZE kept) for the API and dashboard."""
+        records = list(records)
+        if not records or not self._may_try(time.monotonic()):
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for segment_id, (alert_id, ms) in cooldowns.items():
-                pipe.set(COOLDOWN_KEY.format(segment_id), alert_id, px=max(1, ms))
+            for record in records:
+                state = "resolved" if record["type"] == "alert.resolved" else "open"
+                pipe.hset(SEGMENT_KEY.format(record["segment_id"]), mapping={
+                    "alert.state": state, "alert.id": record["alert_id"], "alert.severity": record["severity"],
+                    "alert.incident": record["incident_id"], "alert.at": str(record["at"])})
+                pipe.zadd(ALERT_FEED_KEY, {orjson.dumps(record): record["at"]})
+            pipe.zremrangebyrank(ALERT_FEED_KEY, 0, -ALERT_FEED_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
             self._failed(error)

@@ -14,9 +14,9 @@ from processors.cusum import (
     cached_threshold,
     fleet_arl0_answers,
     lattice_for,
-    threshold_lower_bound,
     llr_increments,
     threshold_for_arl,
+    threshold_lower_bound,
 )
 
 Q0 = 0.25
