@@ -88,6 +88,33 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     ev.set_defaults(run=_evaluate)
 
+    sink = commands.add_parser("sink", help="deliver output records to other systems")
+    sinks = sink.add_subparsers(dest="sink", required=True)
+    hook = sinks.add_parser("webhook", help="POST each record of a topic as JSON to a URL (at-least-once, retries, "
+                                            "dead letters)")
+    hook.add_argument("--topic", required=True, help="retarget, alerts or a full topic name")
+    hook.add_argument("--url", required=True, help="http(s) URL to POST to (only its scheme, host and port are logged)")
+    hook.add_argument("--format", choices=("json", "slack"), default="json",
+                      help="json: the record as on the topic; slack: a Slack message (default json)")
+    hook.add_argument("--batch", type=int, default=1, help="records per request, as a JSON array when > 1 (default 1)")
+    hook.add_argument("--group", default=None, help="consumer group (default: from the topic prefix, topic and URL)")
+    hook.add_argument("--from-beginning", action="store_true",
+                      help="a group without committed offsets starts at the oldest record (default: the newest)")
+    hook.add_argument("--timeout-seconds", type=float, default=10.0, help="connect and read timeout (default 10)")
+    hook.add_argument("--max-attempts", type=int, default=10, help="requests per record before dead-lettering (default 10)")
+    hook.add_argument("--max-retry-seconds", type=float, default=300.0,
+                      help="time budget for retrying one record before dead-lettering (default 300)")
+    hook.add_argument("--backoff-seconds", type=float, default=0.5,
+                      help="first retry delay cap; doubles per retry, full jitter (default 0.5)")
+    hook.add_argument("--max-backoff-seconds", type=float, default=30.0, help="retry delay cap (default 30)")
+    secret = hook.add_mutually_exclusive_group()
+    secret.add_argument("--secret-env", metavar="VAR", default=None,
+                        help="sign bodies (X-Npspulse-Signature) with the secret in this environment variable")
+    secret.add_argument("--secret-file", metavar="PATH", type=Path, default=None,
+                        help="sign bodies with the secret in this file")
+    hook.add_argument("--config", type=Path, default=None)
+    hook.set_defaults(run=_sink_webhook)
+
     load = commands.add_parser("load-customers", help="import customer attributes (CSV or JSONL) into Redis")
     load.add_argument("file", type=Path)
     load.add_argument("--config", type=Path, default=None)
@@ -165,6 +192,29 @@ def _tail(args: argparse.Namespace) -> int:
             print_record(record, not args.json, sys.stdout)
     except KeyboardInterrupt:
         return 0
+    return 0
+
+
+def _sink_webhook(args: argparse.Namespace) -> int:
+    import logging
+
+    from confluent_kafka import KafkaException
+
+    from streams.webhook_sink import SinkError, SinkOptions, WebhookSink, read_secret, run_until_signalled
+
+    config = load_config(args.config)
+    options = SinkOptions(topic=args.topic, url=args.url, format=args.format, batch=args.batch, group_id=args.group,
+                          from_beginning=args.from_beginning, timeout_seconds=args.timeout_seconds,
+                          max_attempts=args.max_attempts, max_retry_seconds=args.max_retry_seconds,
+                          backoff_seconds=args.backoff_seconds, max_backoff_seconds=args.max_backoff_seconds,
+                          secret=read_secret(args.secret_env, args.secret_file))
+    sink = WebhookSink(config, options)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_until_signalled(sink)
+    except (SinkError, KafkaException) as error:
+        print(f"npspulse sink webhook: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
