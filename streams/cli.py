@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     work.set_defaults(run=_worker)
 
     prod = commands.add_parser("produce", help="send JSONL events to Kafka, keyed by customer id")
-    prod.add_argument("files", nargs="+", type=Path)
+    prod.add_argument("files", nargs="+", type=Path, help="JSONL files; '-' reads standard input")
     prod.add_argument("--topic", default=None,
                       help="surveys, purchases or a full topic name (default: each line's 'type' decides)")
     prod.add_argument("--config", type=Path, default=None)
