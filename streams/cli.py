@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the built-in default config (TOML, documented)")
     show.set_defaults(run=_show_config)
 
+    check = commands.add_parser("check-config", help="validate a config as the worker does and print the effective "
+                                                     "settings (environment overrides applied, secrets masked)")
+    check.add_argument("file", type=Path, nargs="?", default=None,
+                       help="TOML config (default ./npspulse.toml or built-in)")
+    check.set_defaults(run=_check_config)
+
     work = commands.add_parser("worker", help="run the streaming worker (Faust) on Kafka")
     work.add_argument("--config", type=Path, default=None, help="TOML config (default ./npspulse.toml or built-in)")
     work.add_argument("-l", "--loglevel", default="info", help="log level (default info)")
@@ -61,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     work.set_defaults(run=_worker)
 
     prod = commands.add_parser("produce", help="send JSONL events to Kafka, keyed by customer id")
-    prod.add_argument("files", nargs="+", type=Path)
+    prod.add_argument("files", nargs="+", type=Path, help="JSONL files; '-' reads standard input")
     prod.add_argument("--topic", default=None,
                       help="surveys, purchases or a full topic name (default: each line's 'type' decides)")
     prod.add_argument("--config", type=Path, default=None)
@@ -262,6 +268,26 @@ def _show_config(args: argparse.Namespace) -> int:
     from streams.settings import default_config_text
 
     sys.stdout.write(default_config_text())
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    import os
+
+    from streams.effective import render_effective
+    from streams.settings import LOCAL_CONFIG
+    from streams.topics import check_credentials
+
+    path = args.file if args.file is not None else (LOCAL_CONFIG if LOCAL_CONFIG.exists() else None)
+    source = str(path) if path is not None else "the packaged default config"
+    try:
+        config = load_config(path)
+        check_credentials(config.kafka)  # what every Kafka client checks when the worker starts
+    except ConfigError as error:
+        print(f"npspulse check-config: {source}: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_effective(config, os.environ, source))
+    print(f"npspulse check-config: {source} is valid", file=sys.stderr)
     return 0
 
 

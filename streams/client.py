@@ -27,6 +27,8 @@ from streams.alert_text import describe_alert
 from streams.progress import read_jsonl
 from streams.topics import TopicNames, kafka_client_config
 
+STDIN = Path("-")
+STDIN_NAME = Path("<stdin>")  # the source file named in dead-letter headers for lines read from stdin
 PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
@@ -101,7 +103,8 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
                   progress: bool | None = None) -> ProduceReport:
     """Send JSONL lines keyed by customer id. Without ``topic`` each line goes where its ``type`` says
     (surveys or purchases), and a line that cannot be routed goes to the dead-letter topic with the reason.
-    With ``topic`` every line is sent as is (malformed ones too: the worker dead-letters them)."""
+    With ``topic`` every line is sent as is (malformed ones too: the worker dead-letters them). A file
+    named ``-`` is standard input."""
     names = TopicNames.from_settings(config.kafka)
     target = names.resolve(topic) if topic else None
     report = ProduceReport()
@@ -116,7 +119,7 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
     ensure_topics(config)
     producer = make_producer(config.kafka)
     started = time.perf_counter()
-    for path, number, line in read_jsonl(files, "produce", progress):
+    for path, number, line in _read_lines(files, progress):
         key, kind = _key_and_type(line)
         destination = target or {"survey": names.surveys, "purchase": names.purchases}.get(kind or "")
         headers = None
@@ -136,6 +139,22 @@ def produce_files(files: list[Path], config: Config, *, topic: str | None = None
     if failures:
         print(f"npspulse produce: delivery failures, e.g. {failures[0]}", file=sys.stderr)
     return report
+
+
+def _read_lines(files: list[Path], progress: bool | None) -> Iterator[tuple[Path, int, bytes]]:
+    """Non-blank JSONL lines of the files, where ``-`` is standard input (read as it comes, without a
+    progress bar: its size is unknown), so ``npspulse simulate | npspulse produce -`` streams."""
+    if STDIN not in files:
+        yield from read_jsonl(files, "produce", progress)
+        return
+    for path in files:
+        if path != STDIN:
+            yield from read_jsonl([path], "produce", progress)
+            continue
+        for number, line in enumerate(sys.stdin.buffer, start=1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield STDIN_NAME, number, line
 
 
 def _send(producer: Producer, topic: str, key: bytes | None, value: bytes, callback: object,
