@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from processors.baseline import BaselineSettings
+from processors.delivery import DEFAULT_CUSTOMER_CAP, Cap, DeliverySettings
 from processors.events import DEFAULT_MAX_FUTURE_MS
 from processors.nps import Loyalty
 from processors.profiles import ProfileSettings
@@ -82,10 +83,11 @@ class Config:
     kafka: KafkaSettings
     redis: RedisSettings
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
 _SECTIONS = ("events", "profiles", "segmentation", "dimensions", "windows", "detection", "campaigns", "kafka",
-             "redis", "worker")
+             "redis", "worker", "delivery")
 
 
 def config_from_dict(doc: Mapping[str, Any]) -> Config:
@@ -103,7 +105,8 @@ def config_from_dict(doc: Mapping[str, Any]) -> Config:
         max_future_ms=_duration(events, "max_future", "events", DEFAULT_MAX_FUTURE_MS),
     )
     return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")),
-                  worker=_worker(_table(doc, "worker")))
+                  worker=_worker(_table(doc, "worker")),
+                  delivery=_delivery(_table(doc, "delivery"), doc.get("campaigns", _DEFAULT_CAMPAIGNS)))
 
 
 # ---------------------------------------------------------------- sections
@@ -282,7 +285,7 @@ def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
         path = f"campaigns[{index}]"
         item = _mapping(item, path)
         _known_keys(item, ("id", "on", "loyalty", "segments", "tiers", "channel", "priority", "expires_after",
-                           "reason"), path)
+                           "reason", "cap"), path)
         campaign_id = item.get("id")
         if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.match(campaign_id):
             raise ConfigError(f"{path}.id", f"{campaign_id!r} is not a campaign id",
@@ -320,6 +323,42 @@ def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
             reason=reason,
         ))
     return tuple(rules)
+
+
+def _delivery(section: Mapping[str, Any], campaigns: list[Any]) -> DeliverySettings:
+    """The [delivery] section, plus each campaign's optional ``cap`` (the campaigns are validated already)."""
+    where = "delivery"
+    _known_keys(section, ("max_per_customer", "period", "dedup_window", "audience_retention"), where)
+    defaults = DeliverySettings()
+    max_per_customer = section.get("max_per_customer", DEFAULT_CUSTOMER_CAP.max)
+    if type(max_per_customer) is not int or max_per_customer < 0:
+        raise ConfigError(f"{where}.max_per_customer", f"{max_per_customer!r} is not an integer >= 0",
+                          f"e.g. max_per_customer = {DEFAULT_CUSTOMER_CAP.max} (0: no cross-campaign cap)")
+    period_ms = _duration(section, "period", where, DEFAULT_CUSTOMER_CAP.period_ms)
+    caps: dict[str, Cap] = {}
+    for index, item in enumerate(campaigns):
+        if "cap" in item:
+            caps[item["id"]] = _cap(item["cap"], f"campaigns[{index}].cap")
+    return DeliverySettings(
+        customer_cap=Cap(max_per_customer, period_ms) if max_per_customer else None,
+        campaign_caps=caps,
+        dedup_window_ms=_duration(section, "dedup_window", where, defaults.dedup_window_ms),
+        audience_retention_ms=_duration(section, "audience_retention", where, defaults.audience_retention_ms),
+    )
+
+
+def _cap(raw: Any, path: str) -> Cap:
+    example = 'e.g. cap = { max = 1, period = "7d" }'
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"{raw!r} is not a cap", f"write it as a table, {example}")
+    _known_keys(raw, ("max", "period"), path)
+    maximum = raw.get("max")
+    if type(maximum) is not int or maximum < 1:
+        raise ConfigError(f"{path}.max", f"{maximum!r} is not an integer >= 1",
+                          f"give the most triggers per customer per period, {example} (or remove the cap)")
+    if "period" not in raw:
+        raise ConfigError(f"{path}.period", "missing", f"give the period the maximum applies to, {example}")
+    return Cap(maximum, _parse_duration(raw["period"], f"{path}.period"))
 
 
 def _kafka(section: Mapping[str, Any]) -> KafkaSettings:

@@ -125,6 +125,25 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", type=Path)
     load.add_argument("--config", type=Path, default=None)
     load.set_defaults(run=_load_customers)
+
+    optout = commands.add_parser("optout", help="consent: add, remove or list opted-out customers (Redis)")
+    optout.add_argument("action", choices=("add", "remove", "list"),
+                        help="add/remove customers; list all opted-out customers, or those of the ids given")
+    optout.add_argument("customer_ids", nargs="*", metavar="CUSTOMER_ID")
+    optout.add_argument("--file", type=Path, default=None,
+                        help="more customer ids: one per line ('#' comments), or a CSV with a customer_id column")
+    optout.add_argument("--config", type=Path, default=None)
+    optout.set_defaults(run=_optout)
+
+    audience = commands.add_parser("audience", help="campaign audiences: customers a campaign triggered (Redis)")
+    audience_commands = audience.add_subparsers(dest="audience_command", required=True)
+    export = audience_commands.add_parser("export", help="write a campaign's audience as CSV: customer_id, triggered_at")
+    export.add_argument("campaign", help="campaign id, e.g. service-recovery")
+    export.add_argument("--since", type=_timestamp, default=None, metavar="RFC3339",
+                        help="only customers last triggered at or after this time")
+    export.add_argument("--out", type=Path, default=None, metavar="FILE.csv", help="output file (default stdout)")
+    export.add_argument("--config", type=Path, default=None)
+    export.set_defaults(run=_audience_export)
     return parser
 
 
@@ -234,6 +253,87 @@ def _load_customers(args: argparse.Namespace) -> int:
         print(f"npspulse load-customers: {error}", file=sys.stderr)
         return 2
     print(f"npspulse load-customers: {count:,} customers loaded", file=sys.stderr)
+    return 0
+
+
+def _optout(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.customers import CustomerFileError, read_customer_ids
+    from streams.delivery_store import DeliveryStore, DeliveryStoreError
+
+    config = load_config(args.config)
+    ids = list(args.customer_ids)
+    try:
+        if args.file is not None:
+            ids.extend(read_customer_ids(args.file))
+    except CustomerFileError as error:
+        print(f"npspulse optout: {error}", file=sys.stderr)
+        return 2
+    if args.action != "list" and not ids:
+        print(f"npspulse optout {args.action}: give customer ids or --file", file=sys.stderr)
+        return 2
+
+    async def run() -> int | list[str]:
+        store = DeliveryStore.from_config(config)
+        try:
+            if args.action == "add":
+                return await store.opt_out(ids)
+            if args.action == "remove":
+                return await store.opt_in(ids)
+            return await store.opted_out(ids or None)
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(run())
+    except DeliveryStoreError as error:
+        print(f"npspulse optout: {error}", file=sys.stderr)
+        return 1
+    if isinstance(result, list):
+        for customer_id in result:
+            print(customer_id)
+        print(f"npspulse optout: {len(result):,} opted-out customers", file=sys.stderr)
+    elif args.action == "add":
+        print(f"npspulse optout: {result:,} added ({len(set(ids)) - result:,} already opted out)", file=sys.stderr)
+    else:
+        print(f"npspulse optout: {result:,} removed ({len(set(ids)) - result:,} were not opted out)", file=sys.stderr)
+    return 0
+
+
+def _audience_export(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import csv
+
+    from processors.timeparse import format_rfc3339_ms
+    from streams.delivery_store import DeliveryStore, DeliveryStoreError
+
+    config = load_config(args.config)
+    if args.campaign not in {rule.campaign_id for rule in config.engine.campaigns}:
+        print(f"npspulse audience: note: {args.campaign!r} is not a configured campaign", file=sys.stderr)
+
+    async def run() -> list[tuple[str, int]]:
+        store = DeliveryStore.from_config(config)
+        try:
+            return await store.export_audience(args.campaign, since=args.since)
+        finally:
+            await store.close()
+
+    try:
+        rows = asyncio.run(run())
+    except DeliveryStoreError as error:
+        print(f"npspulse audience: {error}", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out.open("w", newline="", encoding="utf-8") if args.out is not None else contextlib.nullcontext(sys.stdout)
+    with out as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("customer_id", "triggered_at"))
+        writer.writerows((customer_id, format_rfc3339_ms(at)) for customer_id, at in rows)
+    where = f" to {args.out}" if args.out is not None else ""
+    print(f"npspulse audience: {len(rows):,} customers of {args.campaign}{where}", file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import redis
 
+from processors.events import MAX_ID_CHARS
 from streams.redis_store import ATTRIBUTES_KEY
 
 BATCH = 1000
@@ -62,3 +63,23 @@ def load_customers(path: Path, url: str) -> int:
     pipe.execute()
     client.close()
     return count
+
+
+def read_customer_ids(path: Path) -> list[str]:
+    """Customer ids from a file: a CSV (``.csv``) with a ``customer_id`` column, else one id per line (blank
+    lines and ``#`` comments skipped)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return [customer_id for customer_id, _ in read_customers(path)]
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise CustomerFileError(f"{path}: {error.strerror}") from None
+    ids = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if len(text) > MAX_ID_CHARS:
+            raise CustomerFileError(f"{path}:{number}: a customer id is at most {MAX_ID_CHARS} characters")
+        ids.append(text)
+    return ids
