@@ -67,7 +67,7 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
     for name, band in segmentation.bands.items():
         lines += _section(f"dimensions.{_key(name)}", {"attribute": band.attribute, "edges": list(band.edges)})
     lines += _section("windows", _windows(config))
-    lines += _section("detection", _generic(config.engine.detection))
+    lines += _section("detection", _detection(config))
     for rule in config.engine.campaigns:
         body = {"id": rule.campaign_id, "on": rule.on, "loyalty": [m.value for m in Loyalty if m in rule.loyalty],
                 "segments": list(rule.segments)}
@@ -75,12 +75,33 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
             body["tiers"] = sorted(rule.tiers)
         body.update(channel=rule.channel, priority=rule.priority, expires_after=_duration(rule.expires_after_ms),
                     reason=rule.reason)
+        cap = config.delivery.campaign_caps.get(rule.campaign_id)
+        if cap is not None:
+            body["cap"] = {"max": cap.max, "period": _duration(cap.period_ms)}
         lines += _section("campaigns", body, array=True)
+    delivery = config.delivery
+    lines += _section("delivery", {
+        "max_per_customer": delivery.customer_cap.max if delivery.customer_cap else 0,
+        **({"period": _duration(delivery.customer_cap.period_ms)} if delivery.customer_cap else {}),
+        "dedup_window": _duration(delivery.dedup_window_ms),
+        "audience_retention": _duration(delivery.audience_retention_ms)})
     kafka = {key: value for key, value in _generic(config.kafka).items() if value is not None}
     lines += _section("kafka", kafka, from_env={key: name for (sec, key), name in from_env.items() if sec == "kafka"})
     lines += _section("redis", {"url": config.redis.url}, from_env={"url": from_env.get(("redis", "url"))})
     lines += _section("worker", _generic(config.worker))
     return "\n".join(lines)
+
+
+def _detection(config: Config) -> dict[str, Any]:
+    detection = config.engine.detection
+    baseline = detection.baseline
+    return {"segments": detection.segments, "false_alerts_per_day": detection.false_alerts_per_day,
+            "shifts_pp": [round(100 * shift, 6) for shift in detection.shifts],
+            "baseline_horizon": _duration(round(baseline.horizon_days * 86_400_000)),
+            "min_history": baseline.min_history, "shrinkage": baseline.shrinkage,
+            "sev1_rise_pp": round(100 * detection.sev1_rise, 6), "resolve_margin_pp": round(100 * detection.resolve_margin, 6),
+            "resolve_window": _duration(detection.resolve_window_ms), "min_open": _duration(detection.min_open_ms),
+            "drivers": detection.max_drivers}
 
 
 def _profiles(config: Config) -> dict[str, Any]:
