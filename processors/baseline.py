@@ -6,11 +6,15 @@ size (sum w)^2 / sum w^2 = (1 + lambda)/(1 - lambda) = H days, so the baseline i
 equally weighted data (the weights themselves sum to (H + 1)/2 days). Decay is lazy: it is applied when a
 slice of a later day arrives. The caller freezes the baseline during an alert by not calling :meth:`update`.
 
-Share for hour h: below ``min_history`` answers (sum N) the parent's share (None without a parent: warming
-up); else q0 = (D[h] + m p_parent)/(N[h] + m), the empirical-Bayes shrinkage of Spiegelhalter (2005) with
-m = mu (1 - mu)/tau^2 - 1: tau ~ 2.5 pp between sibling segments around mu = 0.25 gives m ~ 300. Without a
-parent (a root) the same shrinkage toward its own all-hours share q_all = (sum D + 0.5)/(sum N + 1), so an hour
-with few answers so far (the first days) is not its own noisy estimate. q0 is clamped to [0.005, 0.95].
+Share for hour h: a segment's level L = (sum D + m L_parent)/(sum N + m) is its all-hours share shrunk
+toward its parent's level; the prior for hour h is L x q_parent[h] / L_parent (its own level, the parent's
+hour-of-day profile), and q0[h] = (D[h] + m prior)/(N[h] + m): the empirical-Bayes shrinkage of
+Spiegelhalter (2005) with m = mu (1 - mu)/tau^2 - 1 (tau ~ 2.5 pp between sibling segments around mu = 0.25
+gives m ~ 300). With 28 days of history N[h] >> m and the hour's own data decide; on the first days the prior
+does, and it keeps a segment's structural level (phone answers run 6 pp above all channels in the demo),
+where shrinking toward the parent's share itself raised an alert on every such segment. A root's level is
+(sum D + 0.5)/(sum N + 1) and its prior that level. Below ``min_history`` answers a segment takes its
+parent's estimate (None without a parent: warming up). q0 is clamped to [0.005, 0.95].
 
 Traffic r (answers per 5-minute window) = sum N / (288 x days covered), the days covered weighted like the
 counts: the time from the first slice's start to the latest slice's end, each UTC day of it weighted by
@@ -27,6 +31,7 @@ from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
 
 HOURS = 24
 WINDOWS_PER_DAY = 288  # five-minute windows
+Estimate = tuple[float, float]  # (share for an hour, all-hours level), before clamping
 SLICE_MS = MINUTE_MS
 MIN_SHARE, MAX_SHARE = 0.005, 0.95
 
@@ -104,26 +109,41 @@ class HourlyBaseline:
         """Decayed answers over all hours (sum N)."""
         return sum(self.n)
 
-    def share(self, hour: int, parent_share: float | None, settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
-        """Baseline detractor share q0 for UTC ``hour``; None while warming up without a parent."""
-        return self._shrunk(self.d, hour, parent_share, settings)
+    def share(self, hour: int, parent: Estimate | None, settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
+        """Baseline detractor share q0 for UTC ``hour`` given the parent's (hour share, level) estimate; None
+        while a root is warming up."""
+        estimate = self.estimate(hour, parent, settings)
+        return None if estimate is None else clamp_share(estimate[0])
 
-    def promoter_share(self, hour: int, parent_share: float | None,
+    def promoter_share(self, hour: int, parent: Estimate | None,
                        settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
         """Baseline promoter share for UTC ``hour``, estimated like :meth:`share` (for the baseline NPS)."""
-        return self._shrunk(self.p, hour, parent_share, settings)
+        estimate = self.estimate(hour, parent, settings, promoters=True)
+        return None if estimate is None else clamp_share(estimate[0])
 
-    def _shrunk(self, counts: list[float], hour: int, parent_share: float | None,
-                settings: BaselineSettings) -> float | None:
+    def estimate(self, hour: int, parent: Estimate | None, settings: BaselineSettings = DEFAULT_BASELINE, *,
+                 promoters: bool = False) -> Estimate | None:
+        """(share for ``hour``, level) before clamping, for this segment's children to build on.
+
+        The level is the all-hours share shrunk toward the parent's level; an hour's prior is that level times
+        the parent's hour-of-day profile (its hour share over its level), and the hour's share shrinks toward
+        it. Below ``min_history`` the parent's estimate stands in (None without a parent).
+        """
         history = self.history
         if history < settings.min_history:
-            return None if parent_share is None else clamp_share(parent_share)
+            return parent
+        counts = self.p if promoters else self.d
+        total = sum(counts)
         m = settings.shrinkage
-        if parent_share is None:  # a root: shrunk toward its own all-hours share (an empty hour gets that)
-            parent_share = (sum(counts) + 0.5) / (history + 1.0)
+        if parent is None:  # a root: its own level, no profile
+            level = (total + 0.5) / (history + 1.0)
+            prior = level
             m = max(m, 1.0)
-        q = (counts[hour] + m * parent_share) / (self.n[hour] + m)
-        return clamp_share(q)
+        else:
+            parent_hour, parent_level = parent
+            level = (total + m * parent_level) / (history + m)
+            prior = level * parent_hour / parent_level if parent_level > 0.0 else level
+        return (counts[hour] + m * prior) / (self.n[hour] + m), level
 
     def days_covered(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
         """Days from the first slice's start to the latest slice's end, each day weighted like its counts."""

@@ -226,7 +226,8 @@ def _windows(section: Mapping[str, Any]) -> WindowSettings:
 def _detection(section: Mapping[str, Any], windows: WindowSettings) -> DetectionSettings:
     where = "detection"
     _known_keys(section, ("segments", "false_alerts_per_day", "shifts_pp", "baseline_horizon", "min_history",
-                          "shrinkage", "sev1_rise_pp", "resolve_margin_pp", "resolve_window", "min_open", "drivers"),
+                          "shrinkage", "baseline_delay", "sev1_rise_pp", "resolve_margin_pp", "resolve_window", "min_open",
+                          "drivers"),
                 where)
     defaults = DetectionSettings()
     if windows.slice_ms != MINUTE_MS:
@@ -254,6 +255,7 @@ def _detection(section: Mapping[str, Any], windows: WindowSettings) -> Detection
         resolve_margin=_number(section, "resolve_margin_pp", where, 100 * defaults.resolve_margin, "e.g. 5") / 100,
         resolve_window_ms=_duration(section, "resolve_window", where, defaults.resolve_window_ms, minimum_ms=MINUTE_MS),
         min_open_ms=_duration(section, "min_open", where, defaults.min_open_ms, minimum_ms=0),
+        baseline_delay_ms=_duration(section, "baseline_delay", where, defaults.baseline_delay_ms, minimum_ms=0),
         max_drivers=_int(section, "drivers", where, defaults.max_drivers, minimum=0),
     )
 

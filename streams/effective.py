@@ -99,6 +99,7 @@ def _detection(config: Config) -> dict[str, Any]:
             "shifts_pp": [round(100 * shift, 6) for shift in detection.shifts],
             "baseline_horizon": _duration(round(baseline.horizon_days * 86_400_000)),
             "min_history": baseline.min_history, "shrinkage": baseline.shrinkage,
+            "baseline_delay": _duration(detection.baseline_delay_ms),
             "sev1_rise_pp": round(100 * detection.sev1_rise, 6), "resolve_margin_pp": round(100 * detection.resolve_margin, 6),
             "resolve_window": _duration(detection.resolve_window_ms), "min_open": _duration(detection.min_open_ms),
             "drivers": detection.max_drivers}

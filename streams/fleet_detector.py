@@ -16,7 +16,9 @@ n > 0 answers (empty slices are never fed):
    No alert: an alert opens when some S_k >= h_k; the firing CUSUM is the +25 pp one if it fired, its onset
    the answer after its last zero; sev-1 if it is the +25 pp one or the detractor share since the onset's
    slice is >= 20 pp above the baseline expectation sum(n q0) / sum(n) over those slices.
-4. The baseline takes the slice unless an alert is open after step 3; the parent takes every answer.
+4. The slice is queued for the baseline unless an alert is open after step 3; it is learnt 60 minutes later
+   unless an alert opened since claims it (queued slices from the alert's onset slice on are dropped). The
+   parent takes every answer at once.
 
 The only departures from the scalar code: ``np.log`` may differ from ``math.log`` in the last bit
 (``exact_logs=True`` uses math.log), which moves S by ~1e-16. Threshold-grid keys fall back to Python's
@@ -51,6 +53,7 @@ class DetectorSettings:
     resolve_margin: float = 0.05
     resolve_window_slices: int = 60
     min_open_ms: int = 30 * MINUTE_MS
+    baseline_delay_slices: int = 60
 
 
 def rowsum(a: np.ndarray) -> np.ndarray:
@@ -100,16 +103,30 @@ class FleetBaseline:
     def history(self) -> np.ndarray:
         return rowsum(self.n)
 
-    def share(self, hour: int, idx: np.ndarray, parent: np.ndarray | None, history: np.ndarray) -> np.ndarray:
-        """q0 of segments ``idx`` (NaN = warming up: below min_history, where the scalar detector only learns);
-        ``parent`` aligned with idx, NaN where it has none."""
+    def estimate(self, hour: int, idx: np.ndarray, parent: tuple[np.ndarray, np.ndarray] | None,
+                 history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`HourlyBaseline.estimate` of segments ``idx``: (hour share, level) before clamping, NaN below
+        min_history (warming up: the scalar detector only learns, and its children treat it as absent).
+        ``parent`` holds the parents' (hour share, level) aligned with idx, NaN where there is none."""
         n, d = self.n[hour, idx], self.d[hour, idx]
+        hist = history[idx]
+        total = rowsum(self.d[:, idx])
         m = self.settings.shrinkage
         m_root = max(m, 1.0)
-        own = (d + m_root * ((rowsum(self.d[:, idx]) + 0.5) / (history[idx] + 1.0))) / (n + m_root)
-        q = own if parent is None else np.where(np.isnan(parent), own, (d + m * parent) / (n + m))
-        q = np.where(history[idx] < self.settings.min_history, np.nan, q)  # warming up: no detection
-        return np.minimum(np.maximum(q, MIN_SHARE), MAX_SHARE)  # NaN stays NaN
+        root_level = (total + 0.5) / (hist + 1.0)
+        root_q = (d + m_root * root_level) / (n + m_root)
+        if parent is None:
+            q, level = root_q, root_level
+        else:
+            parent_q, parent_level = parent
+            with np.errstate(invalid="ignore", divide="ignore"):
+                child_level = (total + m * parent_level) / (hist + m)
+                prior = np.where(parent_level > 0.0, child_level * parent_q / parent_level, child_level)
+                child_q = (d + m * prior) / (n + m)
+            absent = np.isnan(parent_level)
+            q, level = np.where(absent, root_q, child_q), np.where(absent, root_level, child_level)
+        warming = hist < self.settings.min_history
+        return np.where(warming, np.nan, q), np.where(warming, np.nan, level)
 
     def traffic(self, idx: np.ndarray, history: np.ndarray) -> np.ndarray:
         """Answers per five-minute window (processors.baseline.covered_days, vectorised)."""
@@ -125,6 +142,10 @@ class FleetBaseline:
         days = np.where(k == 0, same_day, later)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(days > 0.0, history[idx] / (days * WINDOWS_PER_DAY), 0.0)
+
+
+def clamp_shares(q: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(q, MIN_SHARE), MAX_SHARE)  # NaN stays NaN
 
 
 def _near_half(y: np.ndarray) -> np.ndarray:
@@ -344,6 +365,12 @@ class FleetDetector:
         self.ev_n = np.zeros((2, size), dtype=np.int64)  # evidence since each CUSUM's onset slice
         self.ev_d = np.zeros((2, size), dtype=np.int64)
         self.ev_e = np.zeros((2, size))
+        self.ev_since = np.full((2, size), -1, dtype=np.int64)  # start of the onset slice, -1: none
+        slots = settings.baseline_delay_slices + 1  # slices waiting to join the baseline, by minute
+        self._queue_n = np.zeros((slots, size), dtype=np.int64)
+        self._queue_d = np.zeros((slots, size), dtype=np.int64)
+        self._queue_start = np.full(slots, -1, dtype=np.int64)
+        self._queue_slot = 0
         self.log = AlarmLog()
 
     def freeze_parent(self) -> None:
@@ -372,22 +399,32 @@ class FleetDetector:
         self._sum_d += d - self._ring_d[slot]
         self._ring_n[slot] = n
         self._ring_d[slot] = d
+        # processors.spikes.SpikeState.learn_until: the slice queued baseline_delay + 1 minutes ago is learnt now
+        queue = self._queue_slot = (self._minute - 1) % (settings.baseline_delay_slices + 1)
+        if self._queue_start[queue] >= 0:
+            learn = np.flatnonzero(self._queue_n[queue])
+            self.baseline.update(int(self._queue_start[queue]), learn, self._queue_n[queue, learn], self._queue_d[queue, learn])
+        self._queue_n[queue] = 0
+        self._queue_d[queue] = 0
+        self._queue_start[queue] = t_ms
         fed = by_detractors(np.flatnonzero(n), d)
         if fed.size == 0:
             return
         hour = (t_ms // HOUR_MS) % HOURS
         parent_hist = self.parent.history()
         groups = np.arange(self.parent.n.shape[1])
-        parent_q = self.parent.share(hour, groups, None, parent_hist)
+        parent_q, parent_level = self.parent.estimate(hour, groups, None, parent_hist)
         history = self.baseline.history()
-        q0 = self.baseline.share(hour, fed, parent_q[self.group_of[fed]], history)
+        of = self.group_of[fed]
+        q0 = clamp_shares(self.baseline.estimate(hour, fed, (parent_q[of], parent_level[of]), history)[0])
         self.q0[fed] = q0
         idx = fed[~np.isnan(q0)]  # warming up: no CUSUM, no alerts
         q0 = q0[~np.isnan(q0)]
         if idx.size:
             self._detect(t_ms, idx, n[idx], d[idx], q0, self.baseline.traffic(idx, history))
         upd = fed[~self.alerting[fed]]
-        self.baseline.update(t_ms, upd, n[upd], d[upd])
+        self._queue_n[queue, upd] = n[upd]
+        self._queue_d[queue, upd] = d[upd]
         self._update_parent(t_ms, n, d)
 
     def _detect(self, t_ms: int, idx: np.ndarray, n: np.ndarray, d: np.ndarray, q0: np.ndarray, r: np.ndarray) -> None:
@@ -403,7 +440,7 @@ class FleetDetector:
             up[c], down[c] = self._logs(q1 / q0), self._logs((1.0 - q1) / (1.0 - q0))
         lz_before = self.cusum.last_zero[:, idx].copy()
         self.cusum.update(idx, n, d, up, down)
-        self._track_evidence(idx, n, d, q0, lz_before)
+        self._track_evidence(t_ms, idx, n, d, q0, lz_before)
         s = self.cusum.s[:, idx]
         open_ = self.alerting[idx]
         end_ms = t_ms + SLICE_MS
@@ -418,6 +455,7 @@ class FleetDetector:
                 self.ev_n[:, seg] = 0
                 self.ev_d[:, seg] = 0
                 self.ev_e[:, seg] = 0.0
+                self.ev_since[:, seg] = -1
                 self.alerting[seg] = False
                 self.log.resolved_segment.append(seg)
                 self.log.resolved_ms.append(np.full(seg.size, t_ms, dtype=np.int64))
@@ -431,6 +469,10 @@ class FleetDetector:
             sev1 = (which == 1) | (ev_d / ev_n - ev_e / ev_n >= settings.sev1_rise)
             self.alerting[seg] = True
             self.opened_end_ms[seg] = end_ms
+            # queued slices from the onset on are the incident's: they never join the baseline
+            since = self.ev_since[which, seg]
+            claimed = (self._queue_start[:, None] >= since[None, :]) & (since[None, :] >= 0)
+            self._queue_n[:, seg] = np.where(claimed, 0, self._queue_n[:, seg])
             log = self.log
             log.segment.append(seg)
             log.slice_ms.append(np.full(seg.size, t_ms, dtype=np.int64))
@@ -438,7 +480,7 @@ class FleetDetector:
             log.onset.append(lz + 1)
             log.sev1.append(sev1)
 
-    def _track_evidence(self, idx: np.ndarray, n: np.ndarray, d: np.ndarray, q0: np.ndarray,
+    def _track_evidence(self, t_ms: int, idx: np.ndarray, n: np.ndarray, d: np.ndarray, q0: np.ndarray,
                         lz_before: np.ndarray) -> None:
         """processors.spikes.Evidence per CUSUM (answers, detractors, expected detractors) from the onset slice:
         reset where S hit 0 in this slice (to nothing if at its last answer, else to this slice), else added."""
@@ -449,6 +491,8 @@ class FleetDetector:
         self.ev_n[:, idx] = np.where(moved, np.where(past, 0, n), self.ev_n[:, idx] + n)
         self.ev_d[:, idx] = np.where(moved, np.where(past, 0, d), self.ev_d[:, idx] + d)
         self.ev_e[:, idx] = np.where(moved, np.where(past, 0.0, expected), self.ev_e[:, idx] + n * q0)
+        since = self.ev_since[:, idx]
+        self.ev_since[:, idx] = np.where(moved, np.where(past, -1, t_ms), np.where(since < 0, t_ms, since))
 
     def _logs(self, x: np.ndarray) -> np.ndarray:
         if self.exact_logs:

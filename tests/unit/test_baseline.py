@@ -37,23 +37,31 @@ def test_shrinkage_toward_the_parent() -> None:
     base = HourlyBaseline()
     base.update(T0 + 7 * HOUR_MS, 1200, 360)
     settings = BaselineSettings(shrinkage=300.0, min_history=1000)
-    assert base.share(7, 0.20, settings) == pytest.approx((360 + 300 * 0.20) / (1200 + 300))
-    assert base.share(8, 0.20, settings) == pytest.approx(0.20)  # an hour never seen: the parent's share
+    # The parent: 20 % at 07:00, 25 % over all hours. The child's level shrinks toward 25 %, its 07:00 prior is
+    # that level times the parent's profile (0.20 / 0.25), and its 07:00 share shrinks toward the prior.
+    level = (360 + 300 * 0.25) / (1200 + 300)
+    prior7 = level * 0.20 / 0.25
+    assert base.estimate(7, (0.20, 0.25), settings) == pytest.approx(((360 + 300 * prior7) / 1500, level))
+    assert base.share(7, (0.20, 0.25), settings) == pytest.approx((360 + 300 * prior7) / 1500)
+    # an hour never seen: its prior, the child's own level on the parent's profile (not the parent's share)
+    assert base.share(8, (0.30, 0.25), settings) == pytest.approx(level * 0.30 / 0.25)
     q_all = 360.5 / 1201
     assert base.share(7, None, settings) == pytest.approx((360 + 300 * q_all) / 1500)
     assert base.share(8, None, settings) == pytest.approx(q_all)  # a root's empty hour: its all-hours share
-    assert base.share(7, 0.2, BaselineSettings(shrinkage=0.0, min_history=1000)) == pytest.approx(0.30)
+    assert base.share(7, (0.2, 0.2), BaselineSettings(shrinkage=0.0, min_history=1000)) == pytest.approx(0.30)
     base.update(T0 + 7 * HOUR_MS + 60_000, 10, 2, settings, promoters=5)
     base.update(T0 + 9 * HOUR_MS, 100, 20, settings, promoters=50)
     assert base.promoter_share(9, None, settings) == pytest.approx((50 + 300 * 55.5 / 1311) / 400)
-    assert base.promoter_share(9, 0.5, settings) == pytest.approx((50 + 300 * 0.5) / (100 + 300))
+    p_level = (55 + 300 * 0.5) / (1310 + 300)
+    assert base.promoter_share(9, (0.5, 0.5), settings) == pytest.approx((50 + 300 * p_level) / (100 + 300))
     with pytest.raises(ValueError, match="promoters"):
         base.update(T0 + 7 * HOUR_MS + 120_000, 10, 6, settings, promoters=5)
+
 
 def test_parent_share_below_min_history_and_none_without_parent() -> None:
     base = HourlyBaseline()
     base.update(T0, 999, 999)
-    assert base.share(0, 0.21) == 0.21
+    assert base.share(0, (0.21, 0.3)) == 0.21  # below min_history: the parent's estimate stands in
     assert base.share(0, None) is None  # warming up: no detection
     assert HourlyBaseline().share(0, None) is None
     base.update(T0 + MINUTE_MS, 1, 1)
@@ -64,8 +72,8 @@ def test_share_is_clamped() -> None:
     base = HourlyBaseline()
     base.update(T0, 5000, 0)
     assert base.share(0, None) == 0.005
-    assert base.share(0, 0.0001, BaselineSettings(shrinkage=10)) == 0.005
-    assert HourlyBaseline().share(4, 0.99) == 0.95  # parent fallback clamped too
+    assert base.share(0, (0.0001, 0.0001), BaselineSettings(shrinkage=10)) == 0.005
+    assert HourlyBaseline().share(4, (0.99, 0.9)) == 0.95  # parent fallback clamped too
 
 
 def test_state_round_trip_through_json() -> None:
@@ -75,7 +83,7 @@ def test_state_round_trip_through_json() -> None:
     data = orjson.loads(orjson.dumps(base.to_list()))
     again = HourlyBaseline.from_list(data)
     assert again == base
-    assert again.share(1, 0.25) == base.share(1, 0.25)
+    assert again.share(1, (0.25, 0.25)) == base.share(1, (0.25, 0.25))
     with pytest.raises(ValueError, match="24 hourly counts"):
         HourlyBaseline.from_list([[0.0] * 23, [0.0] * 24, None, None])
 

@@ -150,9 +150,10 @@ def test_spiking_segment_alerts_after_the_spike_begins_and_not_before(baseline: 
     assert SPIKE_START < first.opened_at <= SPIKE_START + 10 * MIN
     assert SPIKE_START - 5 * MIN <= first.onset_at <= SPIKE_START + 5 * MIN
     assert first.detractor_share >= 0.5
-    # 0.2 in truth; with 4 hours of history the 10:00 cells are learnt from this hour so far, the spike included
-    assert 0.15 <= first.baseline_share <= 0.4
-    assert first.detractor_share - first.baseline_share >= 0.25
+    # 0.2 in truth: the 10:00 cells are empty after 4 hours of history, so the prior (EU's level on all's
+    # profile) decides, and the incident's first minutes wait in the queue that the alert then drops
+    assert first.baseline_share == pytest.approx(0.2, abs=0.03)
+    assert first.detractor_share - first.baseline_share >= 0.4
     assert first.severity == "sev-1"
     assert first.parent_segment_id == "all"
     # Every alert is about EU (a segment of it, or 'all' diluted by the other regions), opened during the spike.
@@ -165,7 +166,7 @@ def test_spiking_segment_alerts_after_the_spike_begins_and_not_before(baseline: 
     assert first.alert_id in resolved
     assert set(resolved) <= {alert.alert_id for alert in opened}
     assert all(SPIKE_END < alert.at <= STREAM_END for alert in resolved.values())
-    assert resolved[first.alert_id].at >= SPIKE_END + 60 * MIN  # EU's last hour had to be back to normal
+    assert resolved[first.alert_id].at >= SPIKE_END + 45 * MIN  # EU's last hour had to be mostly normal again
     # Alerts of segments under an open alert roll up into its incident ('all' dilutes the EU spike to +20 pp
     # and alerts too; EU's alert, opened first, joins that incident with an alert.updated).
     incidents = {alert.incident_id for alert in out.alerts if alert.segment_id.startswith("region=EU")}

@@ -54,8 +54,9 @@ def test_quiet_stream_never_alerts_and_teaches_the_baseline() -> None:
 
 def test_warming_up_root_feeds_only_the_baseline() -> None:
     detector, state = SpikeDetector(SETTINGS), SpikeState()
-    assert feed(detector, [state], T0, 60, 10, 0.9, random.Random(2)) == []  # < 1000 answers, no parent
-    assert state.cusums[0].answers == 0 and state.baseline.history == 600
+    assert feed(detector, [state], T0, 120, 10, 0.9, random.Random(2)) == []  # < 1000 answers, no parent
+    # slices join the baseline an hour after they close: 59 of 120 so far
+    assert state.cusums[0].answers == 0 and state.baseline.history == 590 and len(state.pending) == 61
 
 
 def test_spike_opens_one_alert_with_onset_evidence_and_drivers() -> None:
@@ -100,6 +101,8 @@ def test_baseline_is_frozen_while_alerting_and_the_alert_resolves_with_a_head_st
     # the last hour's upper bound must be back under baseline + 5 pp: well after the spike ended
     assert T0 + 50 * MIN + 30 * MIN <= resolved.at <= T0 + 170 * MIN
     assert state.alert is None
+    assert state.baseline.n == frozen  # the incident's queued slices were dropped; new ones wait an hour
+    feed(detector, [state], resolved.at, 62, 10, 0.2, rng)
     assert state.baseline.n != frozen  # learning again
 
 
