@@ -210,13 +210,11 @@ def findings(results: dict[str, Any]) -> str:
                 lines.append(f"{kind} r={r:g}: {min(n['ratio'] for n in sel):.2f}-{max(n['ratio'] for n in sel):.2f}x")
     out = ["- **False alarms vs budget** (ratio over N): " + "; ".join(lines) + "."]
     out.append(
-        "- **Too few false alarms on clean streams** (lowest at r = 50): the design is conservative in two ways. "
-        "(1) The +10 pp CUSUM's threshold from the m = 400 lattice is 0.2-0.4 above a fine lattice's (m = 1600; "
-        "checked separately at q0 = 0.25: ARL0 1.24-1.49x the target, the +25 pp one is exact), because rounding "
-        "the steps to the lattice biases the slope of ln ARL0 (see `average_run_length`). (2) The budget is split "
-        "between the two CUSUMs (union bound), but one noise excursion often trips both, so the split "
-        "double-counts. Baseline estimation error pushes the other way, most at low traffic (q0's standard error "
-        "~0.9 pp at r = 2, ~0.3 pp at r = 50), which is why r = 2 and 10 sit higher.")
+        "- **Fewer false alarms than budgeted on clean streams**: the budget is split between the two CUSUMs "
+        "(union bound), but one noise excursion often trips both, so the split double-counts; the ARL0 grid "
+        "rounds each target up (<= 4.4%) and thresholds are lattice points at or above the exact value. "
+        "Baseline estimation error pushes the other way, most at low traffic (q0's standard error ~0.9 pp at "
+        "r = 2, ~0.3 pp at r = 50).")
     over = [n for n in nulls if n["kind"] == "overdispersed"]
     if over:
         worst = max(over, key=lambda n: n["ratio"])
@@ -319,7 +317,12 @@ PLAIN_LANGUAGE = """## For CX teams
 minute against what is normal for that segment at that hour of day (learnt from the last 4 weeks). An
 alert says: the detractor share of this segment has risen, and the rise is too large and too sustained to be
 ordinary noise. It tells you when the rise probably started (the onset), how large it is (in percentage
-points over normal) and how many extra detractors that means. Sev-1 means a rise of 20 points or more.
+points over normal, with a 95% range), how many extra detractors that means, what it did to NPS, and which
+touchpoints, channels or customer groups carry most of the extra detractors (the drivers). Sev-1 means a
+rise of 20 points or more. When a segment and segments inside it alert together (all of EU, and EU app
+users), their alerts share one incident id: one problem, one ticket. You get one message when an alert
+opens, one if it becomes more severe, and one when it is over; it is over when the last hour looks normal
+again, at least 30 minutes after it opened.
 
 **How fast it comes.** It depends on how many answers the segment gets and on how big the rise is; the
 tables below give both in answers and in minutes. As a rule of thumb the detector needs a few dozen answers
@@ -331,20 +334,28 @@ same number of false alarms.
 whatever the number of segments); thresholds are set per segment so that the fleet stays within it. The
 tables below show the measured rate against the budget for ordinary noise, for a daily rhythm in the
 detractor share and for noisier-than-random answers. An alert stays open until the last hour looks normal
-again (at least 30 minutes); on quiet segments that can take hours, see the alert durations."""
+again (at least 30 minutes); on quiet segments that can take hours, see the alert durations. A new
+segment stays silent until it has 1000 answers: its normal level is learnt first.
+
+**What it does not know.** If answers come in clumps (a bad day makes everyone in a segment a little
+grumpier together), the detector sees more variation than it was calibrated for, and at high traffic it then
+raises several times more false alerts than budgeted (the "overdispersed" rows). Recalibrating on your own
+history is the remedy; it is not built yet."""
 
 
 METHOD = """## Method
 
 **Detector (npspulse, vectorised).** `streams/fleet_detector.py` replays the scalar detector exactly over a
 fleet: per segment an hourly baseline (`processors/baseline.py`: 24 hour-of-day counts decayed by
-lambda = (H-1)/(H+1) per UTC day, H = 28, i.e. an effective sample of 28 days; shrinkage toward the parent
-with m = 300; parent's share below 1000 answers; clamp to [0.005, 0.95]), two Bernoulli CUSUMs
-(`processors/cusum.py`, q1 = q0 + 10 pp and q0 + 25 pp, `update_slice`'s count-only order) with thresholds
-`cached_threshold(fleet_arl0_answers(r, N, F), q0, q1)`, r the baseline's traffic estimate, and the alert
-lifecycle (baseline frozen while open; resolve when the last 60 minutes' Wilson upper bound < q0 + 5 pp and
-open >= 30 min; restart both CUSUMs at h/2). A unit test checks that it raises the same alarms, at the same
-slices with the same onsets, as a scalar reference built from those modules.
+lambda = (H-1)/(H+1) per UTC day, H = 28, i.e. an effective sample of 28 days; each hour shrunk with m = 300
+toward the segment's level on the parent's hour profile; no detection below 1000 answers; clamp to
+[0.005, 0.95]; a slice joins the baseline an hour late, and an opening alert drops the queued slices from its
+onset), two Bernoulli CUSUMs (`processors/cusum.py`, q1 = q0 + 10 pp and q0 + 25 pp, `update_slice`'s
+count-only order) with thresholds `cached_threshold(fleet_arl0_answers(r, N, F), q0, q1)` (exact on a lattice
+that keeps the step ratio, `lattice_for`), r the baseline's traffic estimate, and the alert lifecycle
+(baseline frozen while open; resolve when the last 60 minutes' Wilson upper bound < q0 + 5 pp and open >= 30
+min; restart both CUSUMs at h/2). A unit test checks that it raises the same alarms, at the same slices with
+the same onsets and severities, as the product's detector (`processors/spikes.py`).
 
 **Streams.** Each segment gets {history} days of history (hourly counts fed to the baseline, including its
 estimation error), then one-minute slices of Poisson(r/5) answers, detractors Binomial(n, q). Nulls:
@@ -366,15 +377,14 @@ r and N do not exceed npspulse's count there (calibrations on the other nulls ar
 `tests/unit/test_evaluation.py` must change with it): q0, r and h come from the baseline as it was before the
 slice; both CUSUMs keep running while an alert is open; when both fire on the same slice the +25 pp one is
 the firing CUSUM (onset, sev-1); resolution is checked on slices with answers, over the last 60 one-minute
-slices; the baseline takes a slice iff no alert is open after it is processed (the resolving slice is taken,
-the alarm slice is not); the parent takes every answer of its children, alerting or not; r counts idle and
+slices; a slice is queued for the baseline iff no alert is open after it is processed (the resolving slice is
+queued, the alarm slice is not); the parent takes every answer of its children at once, alerting or not; r counts idle and
 frozen time as covered time. The harness feeds the history as hourly aggregates (one slice at each hour's
 last minute): the same counts as minute slices.
 
-**Thresholds.** Every distinct (ARL0 grid, q0, q1) cell costs one `threshold_for_arl` search (10-120 ms
-single-threaded; 3-50x more when OpenBLAS runs its threads on cores that are busy, so the harness limits
-it to one thread). Cells where `threshold_for_arl` diverges are computed by bisection to the same
-definition (smallest lattice point with ARL >= target).
+**Thresholds.** Every distinct (ARL0 grid, q0, q1) cell costs one `threshold_for_arl` search (~2 ms median,
+up to ~0.2 s single-threaded; more when OpenBLAS runs its threads on cores that are busy, so the harness limits
+it to one thread). The product computes a threshold only when S passes a cheap lower bound.
 
 **Censoring.** The window rules judge independent windows, so their waiting time is memoryless; when a run
 is censored their mean delay is the exposure estimate (answers observed after onset per detection) and the

@@ -135,7 +135,10 @@ def test_pipeline_matches_the_embedded_runner(deployment, reader, tmp_path: Path
     triggers = reader(deployment.names.retarget).read_until(
         lambda got: len(got) >= len(expected_triggers), timeout=30)
     assert {t["id"] for t in triggers} == expected_triggers
-    assert len(triggers) == len(expected_triggers)
+    # An answer in alerting segments owned by different partitions is triggered once per partition (same id:
+    # consumers and the delivery store drop repeats); answer-driven triggers are never repeated.
+    repeated = Counter(t["id"] for t in triggers)
+    assert all(t.get("alert_id") for t in triggers if repeated[t["id"]] > 1)
 
     dead = reader(deployment.names.dead_letter).read_until(
         lambda got: len(got) >= len(expected["dead-letter"]) + len(garbage), timeout=30)
