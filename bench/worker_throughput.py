@@ -28,8 +28,6 @@ from streams.client import produce_files
 from streams.settings import load_config
 from streams.topics import TopicNames, kafka_client_config
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -63,7 +61,7 @@ def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
     log = (workdir / f"{prefix}log").open("wb")
     started = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path),
-                               "-l", "info", "--web-port", str(free_port())], cwd=REPO, env=env, stdout=log, stderr=log)
+                               "-l", "info", "--web-port", str(free_port())], cwd=workdir, env=env, stdout=log, stderr=log)
     try:
         while lag(config, names, partitions) > 0:
             if worker.poll() is not None:

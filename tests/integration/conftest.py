@@ -52,7 +52,7 @@ class Deployment:
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config_path), "-l", "info",
              "--web-port", str(free_port()), "--worker-id", name],
-            cwd=REPO, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT)
+            cwd=self.tmp, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(process)
         return process
 
