@@ -338,9 +338,6 @@ def _audience_export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: on busy cores threads slow ARL solves 3-50x
     from dataclasses import replace
 
     import orjson
