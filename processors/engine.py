@@ -136,6 +136,8 @@ class SegmentStage:
                   breakdown: Breakdown | None = None) -> None:
         """Merge a pre-aggregated slice; raises LateAnswer if the slice is closed."""
         windows = self._state(segment_id).windows
+        if not self.owns(segment_id):
+            refs = []  # a replica never triggers campaigns
         self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms, breakdown), segment_id)
 
     def _state(self, segment_id: str) -> SegmentState:
@@ -174,12 +176,15 @@ class SegmentStage:
             windows, slices = state.windows.close(watermark, segment_id, self.settings.windows)
             if self.owns(segment_id):
                 out.windows.extend(windows)
+            else:
+                state.windows.forget_closed()  # a replica's windows are never emitted: keep only its open slices
             depth = -self.hierarchy.depth(segment_id)
             closed.extend((start, depth, segment_id, piece) for start, piece in slices if piece.counts.total)
             self._schedule(segment_id, state)
         closed.sort(key=lambda item: item[:3])
         for start, _, segment_id, piece in closed:
             self._detect(segment_id, start, piece, out)
+            piece.breakdown = {}  # the detector has it now: closed slices keep counts (and answers) only
         return out
 
     def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs) -> None:

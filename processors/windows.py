@@ -208,6 +208,11 @@ class SegmentWindows:
         ordered.sort(key=lambda item: (item[0], item[1]))
         return [result for _, _, result in ordered], newly
 
+    def forget_closed(self) -> None:
+        """Drop the closed slices (for state that never emits windows)."""
+        self.closed.clear()
+        self.closed_starts.clear()
+
     def answers_between(self, start: int, end: int) -> list[AnswerRef]:
         """The kept answer references of closed slices in ``[start, end)`` (valid until the next close)."""
         lo = bisect.bisect_left(self.closed_starts, start)
