@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", type=Path, default=Path("out/replay"), help="where output JSONL goes")
     rep.add_argument("--top", type=int, default=15, help="segments listed in the summary (default 15)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("--optout", type=Path, default=None, metavar="FILE",
+                     help="opted-out customer ids (one per line, '#' comments, or a CSV with a customer_id "
+                          "column): they get no trigger")
     rep.set_defaults(run=_replay)
 
     show = commands.add_parser("config", help="print the built-in default config (TOML, documented)")
@@ -173,6 +176,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from streams.customers import CustomerFileError, read_customer_ids
     from streams.replay import replay
     from streams.report import render_summary
 
@@ -181,7 +185,13 @@ def _replay(args: argparse.Namespace) -> int:
     if missing:
         print(f"npspulse replay: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    result = replay(args.files, config.engine, args.out_dir, progress=False if args.no_progress else None)
+    try:
+        optout = read_customer_ids(args.optout) if args.optout is not None else []
+    except CustomerFileError as error:
+        print(f"npspulse replay: {error}", file=sys.stderr)
+        return 2
+    result = replay(args.files, config.engine, args.out_dir, delivery=config.delivery, optout=optout,
+                    progress=False if args.no_progress else None)
     print(render_summary(result, args.out_dir, top=args.top))
     return 0
 

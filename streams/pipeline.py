@@ -34,6 +34,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT, Message
 
 from processors.config import Config
+from processors.delivery import DeliveryPolicy
 from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
 from processors.nps import NpsCounts
@@ -43,6 +44,7 @@ from processors.segments import Hierarchy
 from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer
+from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
 from streams.topics import TopicNames
 
@@ -64,8 +66,12 @@ class PendingAnswer:
 
 
 class Pipeline:
-    def __init__(self, app: faust.App, config: Config, store: RedisStore | None) -> None:
+    def __init__(self, app: faust.App, config: Config, store: RedisStore | None,
+                 delivery: DeliveryStore | DeliveryPolicy | None = None) -> None:
+        """``delivery`` admits triggers before they are published: the Redis store shared by every worker, or
+        (None) a policy in this worker's memory, whose caps and de-duplication are then per worker."""
         self.app, self.config, self.store = app, config, store
+        self.delivery = DeliveryPolicy(config.delivery) if delivery is None else delivery
         self.settings = config.engine
         self.names = TopicNames.from_settings(config.kafka)
         self.partitions = config.kafka.partitions
@@ -324,8 +330,8 @@ class Pipeline:
             return "-" if ms is None else format_rfc3339_ms(ms)
         sources = {p: (stamp(t), len(self._pending.get(p, ()))) for p, t in sorted(self._stream_times.items())}
         marks = {p: stamp(tracker.watermark()) for p, tracker in sorted(self._trackers.items())}
-        log.info("status: surveys (stream time, held) %s; watermarks %s; counters %s%s", sources, marks,
-                 self.counters, "; survey partitions paused" if self._paused else "")
+        log.info("status: surveys (stream time, held) %s; watermarks %s; counters %s; delivery %s%s", sources, marks,
+                 self.counters, self.delivery.counters, "; survey partitions paused" if self._paused else "")
 
     async def _caught_up(self, tp: Any, processed: int | None) -> bool:
         """Everything in the partition has been handled (``processed``: the last offset this worker handled,
@@ -433,13 +439,25 @@ class Pipeline:
             await self.store.save_alerts(records)
 
     async def _send_triggers(self, triggers: list[RetargetTrigger], partial: bool) -> list[Any]:
+        """Admit the triggers through the delivery policy and publish only the ``sent`` ones. Duplicates (an
+        id another partition or worker already decided), capped and opted-out triggers are dropped; so are
+        ``undelivered`` ones (Redis down: fail closed), counted in the store's counters and never retried.
+        Admission comes before publishing: a crash in between loses those triggers rather than repeat them."""
+        if not triggers:
+            return []
+        if isinstance(self.delivery, DeliveryPolicy):
+            decisions = self.delivery.admit_all(triggers)
+        else:
+            decisions = await self.delivery.admit(triggers)
         sent = []
-        for trigger in triggers:
+        for trigger, decision in zip(triggers, decisions, strict=True):
+            if not decision.sent:
+                continue
             record = trigger.to_dict()
             if partial:
                 record["enrichment"] = "partial"
             sent.append(await self.retarget.send(key=trigger.customer_id.encode(), value=orjson.dumps(record)))
-        self.counters["triggers"] += len(triggers)
+        self.counters["triggers"] += len(sent)
         return sent
 
     async def send_dead_letter(self, message: Message, field: str, reason: str) -> None:

@@ -2,6 +2,8 @@
 
 Every input line ends up somewhere: counted by the engine, or in the dead-letter file with its reason
 (malformed, unknown currency, late beyond the grace period). Outputs are JSONL files in ``out_dir``.
+Every trigger goes through the delivery policy in memory (``processors.delivery``) at its ``created_at``:
+only ``sent`` ones are written to ``triggers.jsonl``; the others are counted by (campaign, outcome, reason).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import IO
 import orjson
 
 from processors.config import EngineSettings
+from processors.delivery import DeliveryPolicy, DeliverySettings, Outcome
 from processors.engine import Engine, Outputs
 from processors.events import EventError, Purchase, TimeBounds, parse_event
 from processors.nps import NpsCounts
@@ -33,8 +36,9 @@ class ReplayResult:
     late: int = 0
     windows: int = 0
     alerts: list[dict] = field(default_factory=list)
-    trigger_counts: dict[str, int] = field(default_factory=dict)  # by campaign
-    triggered_customers: dict[str, set[str]] = field(default_factory=dict)
+    trigger_counts: dict[str, int] = field(default_factory=dict)  # sent triggers by campaign
+    triggered_customers: dict[str, set[str]] = field(default_factory=dict)  # customers sent a trigger, by campaign
+    delivery: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (campaign, outcome, reason) -> count
     segment_totals: dict[str, NpsCounts] = field(default_factory=dict)
     seconds: float = 0.0
     first_event_at: int | None = None
@@ -43,6 +47,15 @@ class ReplayResult:
     @property
     def dead_lettered(self) -> int:
         return sum(self.dead_letters.values())
+
+    def held_back(self, campaign_id: str) -> dict[str, int]:
+        """A campaign's triggers not sent, by outcome (``capped:campaign``, ``opted_out``, ``duplicate``...)."""
+        held: dict[str, int] = {}
+        for (campaign, outcome, reason), count in self.delivery.items():
+            if campaign == campaign_id and outcome != Outcome.SENT.value:
+                key = f"{outcome}:{reason}" if reason else outcome
+                held[key] = held.get(key, 0) + count
+        return held
 
 
 class _Sinks:
@@ -62,11 +75,16 @@ class _Sinks:
             handle.close()
 
 
-def replay(files: Iterable[Path], settings: EngineSettings, out_dir: Path, *, now_ms: int | None = None,
-           progress: bool | None = None) -> ReplayResult:
-    """Run the engine over JSONL files and write alerts, triggers, window results and dead letters."""
+def replay(files: Iterable[Path], settings: EngineSettings, out_dir: Path, *, delivery: DeliverySettings | None = None,
+           optout: Iterable[str] = (), now_ms: int | None = None, progress: bool | None = None) -> ReplayResult:
+    """Run the engine over JSONL files and write alerts, sent triggers, window results and dead letters.
+
+    ``delivery``: the ``[delivery]`` settings and campaign caps (None: the built-in defaults); ``optout``:
+    customer ids that get no trigger."""
     files = list(files)
     engine = Engine(settings)
+    policy = DeliveryPolicy(DeliverySettings() if delivery is None else delivery)
+    policy.opt_out(optout)
     bounds = TimeBounds(now_ms=int(time.time() * 1000) if now_ms is None else now_ms,
                         max_future_ms=settings.max_future_ms)
     result = ReplayResult()
@@ -87,7 +105,10 @@ def replay(files: Iterable[Path], settings: EngineSettings, out_dir: Path, *, no
             else:
                 result.surveys += 1
             _emit(out, sinks, result, path, number, line, settings, tally_window)
-        _emit(engine.flush(), sinks, result, None, 0, b"", settings, tally_window)
+            _deliver(out, policy, engine.max_event_time, sinks, result)
+        flushed = engine.flush()
+        _emit(flushed, sinks, result, None, 0, b"", settings, tally_window)
+        _deliver(flushed, policy, engine.max_event_time, sinks, result)
     finally:
         sinks.close()
     result.seconds = time.perf_counter() - started
@@ -117,7 +138,16 @@ def _emit(out: Outputs, sinks: _Sinks, result: ReplayResult, path: Path | None, 
         record = alert.to_dict()
         result.alerts.append(record)
         sinks.write("alerts.jsonl", record)
+
+
+def _deliver(out: Outputs, policy: DeliveryPolicy, now_ms: int | None, sinks: _Sinks, result: ReplayResult) -> None:
+    """Admit the triggers in engine order; write the sent ones, count every decision."""
     for trigger in out.triggers:
+        decision = policy.admit(trigger, now_ms)
+        key = (trigger.campaign_id, decision.outcome.value, decision.reason)
+        result.delivery[key] = result.delivery.get(key, 0) + 1
+        if not decision.sent:
+            continue
         sinks.write("triggers.jsonl", trigger.to_dict())
         result.trigger_counts[trigger.campaign_id] = result.trigger_counts.get(trigger.campaign_id, 0) + 1
         result.triggered_customers.setdefault(trigger.campaign_id, set()).add(trigger.customer_id)

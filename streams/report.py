@@ -26,13 +26,27 @@ def render_summary(result: ReplayResult, out_dir: Path, *, top: int = 15) -> str
     add("")
     _alerts(lines, result, out_dir)
     add("")
-    add(f"Re-targeting triggers -> {out_dir / 'triggers.jsonl'}")
-    if not result.trigger_counts:
-        add("  none")
-    for campaign, count in sorted(result.trigger_counts.items()):
-        customers = len(result.triggered_customers.get(campaign, ()))
-        add(f"  {campaign:<22} {count:>8,} triggers for {customers:,} customers")
+    _triggers(lines, result, out_dir)
     return "\n".join(lines)
+
+
+def _triggers(lines: list[str], result: ReplayResult, out_dir: Path) -> None:
+    """Per campaign: triggers sent (in the file) and those the delivery policy held back."""
+    lines.append(f"Re-targeting triggers -> {out_dir / 'triggers.jsonl'} (sent ones only; the delivery policy "
+                 "held back the rest)")
+    campaigns = sorted({campaign for campaign, _, _ in result.delivery})
+    if not campaigns:
+        lines.append("  none")
+        return
+    lines.append(f"  {'campaign':<22} {'sent':>8} {'customers':>9} {'capped (campaign/customer)':>26} {'opted out':>9} "
+                 f"{'duplicates':>10}")
+    for campaign in campaigns:
+        held = result.held_back(campaign)
+        by_campaign, by_customer = held.get("capped:campaign", 0), held.get("capped:customer", 0)
+        capped = f"{by_campaign + by_customer:,} ({by_campaign:,}/{by_customer:,})"
+        lines.append(f"  {campaign:<22} {result.trigger_counts.get(campaign, 0):>8,} "
+                     f"{len(result.triggered_customers.get(campaign, ())):>9,} {capped:>26} "
+                     f"{held.get('opted_out', 0):>9,} {held.get('duplicate', 0):>10,}")
 
 
 def _segments(lines: list[str], result: ReplayResult, alerted: set[str], top: int) -> None:

@@ -1,8 +1,10 @@
 """Redis enrichment in the worker, and a Redis outage mid-run: processing goes on with partial enrichment,
-and full enrichment resumes when Redis is back. Uses a private redis-server so the shared one stays up."""
+triggers are held back (the delivery store fails closed), and both resume when Redis is back. Uses a private
+redis-server so the shared one stays up."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +25,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 CONFIG = """
 [kafka]
 partitions = 3
+
+[delivery]
+max_per_customer = 0   # caps off: this test is about enrichment and the outage
 
 [segmentation]
 segments = ["all", "plan"]   # `plan` exists only in Redis
@@ -123,15 +128,18 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
     assert {t["event_id"] for t in got if t["campaign_id"] == "pro-thanks"} == promoters(phases[0][1], "pro")
     assert not any(t.get("enrichment") == "partial" for t in got)
 
-    # Redis down: the worker keeps processing, marks its output partial; `plan` is unknown, so no pro-thanks.
+    # Redis down: the worker keeps processing, but the delivery store fails closed: no trigger is published,
+    # each is counted as undelivered (in the status log line's delivery counters).
     private_redis.stop()
     produce_files([phases[1][0]], deployment.config, progress=False)
-    got = wait_for(phases[1][1])
+    held_back = len(promoters(phases[1][1]))  # referral-ask only: `plan` is unknown without Redis
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and worker.poll() is None and _undelivered(deployment.log()) < held_back:
+        time.sleep(1)
     assert worker.poll() is None, deployment.log()
-    referral = [t for t in got if t["campaign_id"] == "referral-ask"]
-    assert {t["event_id"] for t in referral} == promoters(phases[1][1])
-    assert all(t.get("enrichment") == "partial" for t in referral)
-    assert not [t for t in got if t["campaign_id"] == "pro-thanks"]
+    assert _undelivered(deployment.log()) == held_back
+    triggers.read_until(lambda got: False, timeout=3, settle=0)
+    assert not [t for t in triggers.records if t["event_id"] in {r["event_id"] for r in phases[1][1]}]
 
     # Redis back: full enrichment resumes.
     private_redis.start()
@@ -143,5 +151,12 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
     assert not any(t.get("enrichment") == "partial" for t in got)
 
     log = deployment.log()
-    assert log.count("Redis unreachable") == 1, "the outage is logged once, not per event"
-    assert "Redis reachable again" in log
+    # The outage is logged once per client (enrichment, delivery), not per event.
+    assert log.count("Redis unreachable") == 2, log
+    assert log.count("Redis reachable again") == 2
+
+
+def _undelivered(log: str) -> int:
+    """The latest undelivered count of the worker's status log line."""
+    counts = re.findall(r"'undelivered': (\d+)", log)
+    return int(counts[-1]) if counts else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -88,3 +89,60 @@ def test_comments_never_reach_the_summary(stream_file: Path, tmp_path: Path, cap
     assert main(["replay", str(stream_file), "--out-dir", str(tmp_path / "o"), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert not any(comment in captured.out or comment in captured.err for comment in COMMENTS)
+
+
+def _summary_row(summary: str, campaign: str) -> list[str]:
+    """The cells of a campaign's row in the summary's trigger table."""
+    section = summary[summary.index("Re-targeting triggers"):]
+    row = next(line for line in section.splitlines() if line.split()[:1] == [campaign])
+    return row.split()
+
+
+def test_replay_writes_sent_triggers_only_and_counts_the_capped(stream_file: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "npspulse.toml"
+    config.write_text('[delivery]\nmax_per_customer = 2\nperiod = "1d"\n\n'
+                      '[[campaigns]]\nid = "service-recovery"\non = "alert"\nloyalty = ["detractor"]\n\n'
+                      '[[campaigns]]\nid = "referral-ask"\non = "answer"\nloyalty = ["promoter"]\n'
+                      'cap = { max = 1, period = "1d" }\n')
+    out_dir = tmp_path / "out"
+    assert main(["replay", str(stream_file), "--config", str(config), "--out-dir", str(out_dir), "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    triggers = _read(out_dir / "triggers.jsonl")
+    assert len({t["id"] for t in triggers}) == len(triggers)
+    per_customer = Counter(t["customer_id"] for t in triggers)
+    assert max(per_customer.values()) <= 2  # 14 hours: one day at most
+    referrals = Counter(t["customer_id"] for t in triggers if t["campaign_id"] == "referral-ask")
+    assert max(referrals.values()) == 1
+    # The summary: sent (= the file), customers, capped (campaign cap / customer cap), opted out, duplicates.
+    _, sent, customers, capped, split, opted_out, _ = _summary_row(summary, "referral-ask")
+    assert int(sent.replace(",", "")) == sum(referrals.values())
+    assert int(customers.replace(",", "")) == len(referrals)
+    by_campaign, by_customer = (int(n.replace(",", "")) for n in split.strip("()").split("/"))
+    assert by_campaign > 0 and int(capped.replace(",", "")) == by_campaign + by_customer
+    assert opted_out == "0"
+    recovery = _summary_row(summary, "service-recovery")
+    assert int(recovery[1].replace(",", "")) == sum(1 for t in triggers if t["campaign_id"] == "service-recovery")
+    assert int(recovery[3].replace(",", "")) > 0  # detractors already sent two triggers that day
+
+
+def test_replay_optout_file_holds_back_those_customers(stream_file: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    assert main(["replay", str(stream_file), "--out-dir", str(plain), "--no-progress"]) == 0
+    capsys.readouterr()
+    before = _read(plain / "triggers.jsonl")
+    per_customer = Counter(t["customer_id"] for t in before)
+    chosen = [customer for customer, _ in per_customer.most_common(3)]
+    optout = tmp_path / "optout.txt"
+    optout.write_text("# opted out by email\n" + "\n".join(chosen) + "\n")
+    out_dir = tmp_path / "out"
+    assert main(["replay", str(stream_file), "--optout", str(optout), "--out-dir", str(out_dir), "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    after = _read(out_dir / "triggers.jsonl")
+    assert not [t for t in after if t["customer_id"] in chosen]
+    opted = sum(int(_summary_row(summary, campaign)[5].replace(",", "")) for campaign in
+                {t["campaign_id"] for t in before})
+    assert opted >= sum(per_customer[customer] for customer in chosen)
+    assert main(["replay", str(stream_file), "--optout", str(tmp_path / "missing.txt"), "--out-dir",
+                 str(out_dir), "--no-progress"]) == 2
