@@ -56,10 +56,14 @@ def ensure_topics(config: Config) -> None:
     broker's auto-creation would give them its default partition count, breaking co-partitioning), and
     refuse input topics whose partition count differs from ``kafka.partitions``."""
     names = TopicNames.from_settings(config.kafka)
-    wanted = [names.surveys, names.purchases, names.alerts, names.windows, names.retarget, names.dead_letter]
+    # segment-slices too: if Faust creates it, its consumer's first assignment can miss it (created a few ms
+    # earlier, not yet in the metadata it read) and the segments agent then idles until the next metadata
+    # refresh, 5 minutes later, while the pipeline stalls (seen in the worker benchmark and the pipeline test).
+    partitioned = (names.surveys, names.purchases, names.segment_slices)
+    wanted = [*partitioned, names.alerts, names.windows, names.retarget, names.dead_letter]
     admin = AdminClient(kafka_client_config(config.kafka))
     existing = admin.list_topics(timeout=15).topics
-    for name in (names.surveys, names.purchases):  # refuse before creating anything
+    for name in partitioned:  # refuse before creating anything
         if name in existing:
             _check_partitions(config, name, len(existing[name].partitions))
     missing = [NewTopic(name, num_partitions=config.kafka.partitions, replication_factor=config.kafka.replication_factor)
@@ -70,17 +74,21 @@ def ensure_topics(config: Config) -> None:
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    # Checked after creation, per topic: a topic created a moment ago by someone else may not have been in
-    # the cluster-wide listing above yet.
-    for name in (names.surveys, names.purchases):
-        _check_partitions(config, name, _partition_count(admin, name))
+    # Checked after creation, per topic: a topic created a moment ago (by us or someone else) may not have
+    # been in the cluster-wide listing above yet; waiting here also means the worker starts with all of them
+    # in the metadata.
+    for name in wanted:
+        count = _partition_count(admin, name)
+        if name in partitioned:
+            _check_partitions(config, name, count)
 
 
 def _check_partitions(config: Config, topic: str, partitions: int) -> None:
     if partitions != config.kafka.partitions:
         raise ConfigError("kafka.partitions", f"topic {topic} has {partitions} partitions, "
                           f"the config says {config.kafka.partitions}",
-                          f"set kafka.partitions = {partitions} (surveys and purchases must have the same count)")
+                          f"set kafka.partitions = {partitions} (surveys, purchases and segment-slices must have "
+                          "the same count)")
 
 
 def _partition_count(admin: AdminClient, topic: str, timeout: float = 15.0) -> int:
