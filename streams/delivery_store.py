@@ -47,6 +47,9 @@ REDIS_UNAVAILABLE = "redis unavailable"
 REDIS_ERROR = "redis error"
 RETRY_SECONDS = 2.0
 CHUNK = 500  # triggers per MULTI/EXEC: Redis runs a transaction alone, so keep each one short
+# Generous: the timeout runs on the worker's event loop, which a large batch can keep busy for seconds; at
+# 1 s the worker benchmark saw spurious timeouts, and a timeout holds a whole chunk back (fail closed).
+SOCKET_TIMEOUT_SECONDS = 5.0
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 # KEYS: 1 opt-out set, 2 seen key, 3 campaign cap zset, 4 customer cap zset, 5 audience zset
@@ -147,7 +150,7 @@ class DeliveryStore:
     """The delivery policy in Redis for any number of concurrent workers (see the module docstring)."""
 
     def __init__(self, url: str, settings: DeliverySettings, *, namespace: str = "npspulse",
-                 retry_seconds: float = RETRY_SECONDS, socket_timeout: float = 1.0) -> None:
+                 retry_seconds: float = RETRY_SECONDS, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> None:
         self.settings = settings
         self.namespace = namespace
         self._client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
