@@ -1,0 +1,130 @@
+"""The worker's HTTP API on the real broker and Redis: health, readiness, segments, alerts and the token."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from processors.timeparse import format_rfc3339_ms
+from streams.client import produce_files
+from streams.simulate import SimulationSettings, parse_incident, simulate_to_file
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+INCIDENT_SEGMENT = "region=EU|channel=app"
+INCIDENT = f"{INCIDENT_SEGMENT} @ +9h for 60m +40pp"
+
+
+def web_port(process: subprocess.Popen) -> int:
+    """The --web-port the Deployment fixture gave this worker."""
+    args = list(process.args)  # type: ignore[arg-type]
+    return int(args[args.index("--web-port") + 1])
+
+
+def get(process: subprocess.Popen, path: str, token: str | None = None) -> tuple[int, Any]:
+    """GET a path of the worker's web server: (status, decoded JSON body)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{web_port(process)}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def poll(process: subprocess.Popen, path: str, until: Any, timeout: float, token: str | None = None) -> tuple[int, Any]:
+    """GET ``path`` until ``until(status, body)`` holds (connection errors while the worker starts are retried)."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, Any] = (0, None)
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            last = get(process, path, token)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            last = (0, None)
+        if until(*last):
+            return last
+        time.sleep(0.5)
+    return last
+
+
+def test_api_serves_health_readiness_segments_and_alerts(deployment, reader, tmp_path: Path) -> None:
+    stream = tmp_path / "stream.jsonl"
+    simulate_to_file(SimulationSettings(customers=1500, duration_ms=12 * 3_600_000, answers_per_minute=40, seed=21,
+                                        incidents=(parse_incident(INCIDENT),)), stream)
+    assert produce_files([stream], deployment.config, progress=False).failed == 0
+    worker = deployment.start_worker()
+
+    assert poll(worker, "/health", lambda status, _: status == 200, timeout=60) == (200, {"status": "ok"})
+    status, body = poll(worker, "/ready", lambda status, _: status == 200, timeout=90)
+    assert status == 200 and body == {"status": "ready"}, (status, body, deployment.log())
+
+    alerts = reader(deployment.names.alerts).read_until(
+        lambda got: any(a["segment_id"] == INCIDENT_SEGMENT and a["type"] == "alert.opened" for a in got),
+        timeout=180, alive=worker)
+    opened = next(a for a in alerts if a["segment_id"] == INCIDENT_SEGMENT and a["type"] == "alert.opened")
+
+    # Redis is written right after the alerts topic: poll until the snapshot shows the alert.
+    def incident_row(status: int, body: Any) -> bool:
+        rows = {row["segment_id"]: row for row in body["segments"]} if status == 200 else {}
+        alert = rows.get(INCIDENT_SEGMENT, {}).get("alert")
+        return bool(alert) and alert["alert_id"] == opened["alert_id"]
+
+    status, body = poll(worker, "/api/segments", incident_row, timeout=30)
+    assert incident_row(status, body), (status, body)
+    rows = {row["segment_id"]: row for row in body["segments"]}
+    assert body["count"] == len(body["segments"])
+    assert {"all", "region=EU", INCIDENT_SEGMENT} <= rows.keys()
+    row = rows[INCIDENT_SEGMENT]
+    assert row["alert"]["state"] in ("open", "resolved")
+    assert row["alert"]["severity"] in ("sev-1", "sev-2") and row["alert"]["at"] >= opened["at"]
+    last = row["last_window"]
+    assert last["window"] == "5m" and last["end"] - last["start"] == 300_000 and last["responses"] > 0
+    assert last["nps_low"] <= last["nps"] <= last["nps_high"]
+    assert 0 <= last["detractor_share"] <= 1
+
+    status, one = get(worker, "/api/segments/" + urllib.parse.quote(INCIDENT_SEGMENT, safe=""))
+    assert status == 200 and one["segment_id"] == INCIDENT_SEGMENT and one["alert"]["alert_id"] == opened["alert_id"]
+    starts = [window["window_start"] for window in one["history"]]
+    assert starts and starts == sorted(starts, reverse=True) and len(set(starts)) == len(starts)
+    assert get(worker, "/api/segments/" + urllib.parse.quote("region=Atlantis", safe=""))[0] == 404
+
+    status, feed = get(worker, "/api/alerts?limit=1000")
+    assert status == 200 and opened["id"] in {a["id"] for a in feed["alerts"]}
+    # the segment's alert state is that of one of its alert's events (written together)
+    states = {(a["alert_id"], a["incident_id"], a["severity"], a["at"]) for a in feed["alerts"]}
+    assert (opened["alert_id"], row["alert"]["incident_id"], row["alert"]["severity"], row["alert"]["at"]) in states
+    times = [a["at"] for a in feed["alerts"]]
+    assert times == sorted(times, reverse=True)
+    for since in (str(opened["at"]), urllib.parse.quote(format_rfc3339_ms(opened["at"]))):
+        status, recent = get(worker, f"/api/alerts?since={since}&limit=1000")
+        assert status == 200 and opened["id"] in {a["id"] for a in recent["alerts"]}
+        assert all(a["at"] >= opened["at"] for a in recent["alerts"])
+    status, newest = get(worker, "/api/alerts?limit=1")
+    assert status == 200 and newest["count"] == 1 and newest["alerts"][0]["at"] == times[0]
+    status, error = get(worker, "/api/alerts?since=yesterday")
+    assert status == 400 and "since" in error["error"]
+    assert worker.poll() is None, deployment.log()
+
+
+def test_api_token_guards_every_route_but_health(deployment) -> None:
+    token = "s3cret-api-token"
+    worker = deployment.start_worker(NPSPULSE_API_TOKEN=token)
+    assert poll(worker, "/health", lambda status, _: status == 200, timeout=60) == (200, {"status": "ok"})
+    for path in ("/ready", "/api/segments", "/api/segments/all", "/api/alerts"):
+        assert get(worker, path)[0] == 401, path
+        assert get(worker, path, token="wrong")[0] == 401, path
+    status, body = get(worker, "/api/alerts?limit=5", token=token)
+    assert status == 200 and body["count"] == len(body["alerts"]) <= 5
+    assert get(worker, "/api/segments", token=token)[0] == 200
+    status, body = poll(worker, "/ready", lambda status, _: status == 200, timeout=90, token=token)
+    assert (status, body) == (200, {"status": "ready"}), (status, body)
+    assert token not in deployment.log()
