@@ -10,17 +10,21 @@ import asyncio
 import hmac
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
 
 from processors.config import Config
 from processors.nps import nps_interval
 from processors.timeparse import format_rfc3339_ms, parse_rfc3339_ms
 from streams.redis_store import RedisStore, StoreUnavailable
+from streams.topics import TopicNames, kafka_client_config
 
 TOKEN_ENV = "NPSPULSE_API_TOKEN"
 DEFAULT_ALERT_LIMIT = 100
@@ -114,10 +118,10 @@ def liveness_problems(app: faust.App) -> list[str]:
     return problems
 
 
-async def readiness_problems(app: faust.App) -> list[str]:
+async def readiness_problems(app: faust.App, broker: BrokerProbe) -> list[str]:
     """Why the worker is not ready: no partitions assigned (or none of a topic an agent reads, which happens
     when the group formed before the broker's metadata listed it), a rebalance or table recovery under way,
-    or the broker not answering a metadata request."""
+    or the broker not answering a metadata request for the surveys topic."""
     problems = []
     try:
         assigned = app.consumer.assignment()
@@ -135,7 +139,7 @@ async def readiness_problems(app: faust.App) -> list[str]:
         problems.append("rebalancing")
     if app.in_recovery or (assigned and not app.tables.recovery.completed.is_set()):
         problems.append("tables recovering")
-    problem = await broker_problem(app)
+    problem = await broker.problem()
     if problem:
         problems.append(problem)
     return problems
@@ -147,22 +151,45 @@ def agent_topics(app: faust.App) -> set[str]:
     return {topic for agent in app.agents.values() for topic in getattr(agent.channel, "topics", ())}
 
 
-async def broker_problem(app: faust.App) -> str | None:
-    """None if the broker answers a metadata request (through the worker's producer) in time, else why not."""
-    producer = getattr(app.producer, "_producer", None)
-    if producer is None:
-        return "producer not started"
-    try:
-        await asyncio.wait_for(producer.client.fetch_all_metadata(), BROKER_TIMEOUT_SECONDS)
-    except Exception as error:  # timeouts and every Kafka error alike: not reachable
-        return f"broker unreachable ({type(error).__name__})"
-    return None
+class BrokerProbe:
+    """Whether the broker answers a metadata request for the surveys topic, through a client of its own
+    (librdkafka, the worker's security settings) so the probe never touches the worker's producer or consumer.
+    One request at a time; an answer is reused for ``ttl`` seconds."""
+
+    def __init__(self, config: Config, ttl: float = 2.0) -> None:
+        self._topic = TopicNames.from_settings(config.kafka).surveys
+        self._admin = AdminClient({**kafka_client_config(config.kafka), "client.id": "npspulse-ready-probe"})
+        self._ttl = ttl
+        self._checked_at = -math.inf
+        self._problem: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def problem(self) -> str | None:
+        """None if the broker answered (within BROKER_TIMEOUT_SECONDS), else why not."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self._ttl:
+                self._problem = await asyncio.get_running_loop().run_in_executor(None, self._ask)
+                self._checked_at = time.monotonic()
+            return self._problem
+
+    def _ask(self) -> str | None:
+        try:
+            # every topic's metadata: asking for one by name may make the broker auto-create it
+            metadata = self._admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
+        except KafkaException as error:
+            return f"broker unreachable ({error.args[0].name() if error.args else 'KafkaException'})"
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            return f"topic {self._topic} not available"
+        return None
 
 
 def register_api(app: faust.App, config: Config, store: RedisStore | None) -> None:
     """Add the API's views to the app's web server; the token is read from the environment once, here."""
     token = os.environ.get(TOKEN_ENV) or None
     window = next(spec.name for spec in config.engine.windows.specs if spec.tumbling)
+    broker = BrokerProbe(config)
 
     class ApiView(View):
         """JSON through orjson; the bearer token checked before any handler when one is configured."""
@@ -201,7 +228,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
     @app.page("/ready", base=ApiView, name="npspulse-ready")
     class Ready(ApiView):
         async def get(self, request: Request) -> Response:
-            problems = liveness_problems(self.app) + await readiness_problems(self.app)
+            problems = liveness_problems(self.app) + await readiness_problems(self.app, broker)
             if problems:
                 return self.reply({"status": "not ready", "reasons": problems}, 503)
             return self.reply({"status": "ready"})

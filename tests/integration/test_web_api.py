@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from processors.nps import NpsCounts
 from processors.timeparse import format_rfc3339_ms
+from processors.windows import WindowResult
 from streams.client import produce_files
+from streams.redis_store import (
+    ALERT_FEED_KEY,
+    SEGMENT_INDEX_KEY,
+    SEGMENT_KEY,
+    WINDOW_HISTORY_KEY,
+    WINDOW_HISTORY_SIZE,
+    RedisStore,
+    StoreUnavailable,
+)
 from streams.simulate import SimulationSettings, parse_incident, simulate_to_file
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -128,3 +142,52 @@ def test_api_token_guards_every_route_but_health(deployment) -> None:
     status, body = poll(worker, "/ready", lambda status, _: status == 200, timeout=90, token=token)
     assert (status, body) == (200, {"status": "ready"}), (status, body)
     assert token not in deployment.log()
+
+
+@pytest.mark.redis
+def test_store_reads_for_the_api(redis_url: str) -> None:
+    """Window history (a re-emitted window replaces itself; capped), snapshots, the alert feed's ``since``,
+    and StoreUnavailable when Redis is not there."""
+    segment = f"test={uuid.uuid4().hex}"
+    windows = [WindowResult(segment, "5m", start, start + 300_000, NpsCounts(1, 2, 3))
+               for start in range(0, (WINDOW_HISTORY_SIZE + 5) * 300_000, 300_000)]
+
+    async def scenario() -> None:
+        store = RedisStore(redis_url)
+        try:
+            await store.save_snapshots(windows[:3], {})
+            await store.save_snapshots([WindowResult(segment, "5m", 0, 300_000, NpsCounts(4, 0, 0))], {})
+            history = await store.window_history(segment)
+            assert [w["window_start"] for w in history] == [600_000, 300_000, 0]
+            assert history[-1]["detractors"] == 4  # the re-emitted window replaced the first
+            await store.save_snapshots(windows[3:], {})
+            history = await store.window_history(segment)
+            assert len(history) == WINDOW_HISTORY_SIZE and history[0]["window_start"] == windows[-1].start
+            assert segment in await store.segment_ids()
+            snapshot = (await store.snapshots([segment, segment + "-unknown"]))
+            assert list(snapshot) == [segment] and snapshot[segment]["5m.window_start"] == str(windows[-1].start)
+            alert_id = uuid.uuid4().hex
+            events = [{"id": f"{alert_id}-{at}", "type": "alert.opened", "alert_id": alert_id, "incident_id": alert_id,
+                       "segment_id": segment, "severity": "sev-2", "at": at} for at in (10**15, 10**15 + 60_000)]
+            await store.save_alerts(events)
+            assert [a["id"] for a in await store.recent_alerts(10**15 + 1, 10)] == [events[1]["id"]]
+            assert [a["id"] for a in await store.recent_alerts(10**15, 10)] == [events[1]["id"], events[0]["id"]]
+            assert len(await store.recent_alerts(None, 1)) == 1
+            await store._client.zrem(ALERT_FEED_KEY, *(orjson.dumps(e) for e in events))
+            await store._client.delete(SEGMENT_KEY.format(segment), WINDOW_HISTORY_KEY.format(segment))
+            await store._client.srem(SEGMENT_INDEX_KEY, segment)
+        finally:
+            await store.close()
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        down = RedisStore(f"redis://127.0.0.1:{port}/0")
+        try:
+            for call in (down.segment_ids(), down.snapshots(["all"]), down.window_history("all"),
+                         down.recent_alerts(None, 5)):
+                with pytest.raises(StoreUnavailable):
+                    await call
+        finally:
+            await down.close()
+
+    asyncio.run(scenario())
