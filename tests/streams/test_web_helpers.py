@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 import pytest
 
 from processors.nps import nps_interval
-from streams.web import BadRequest, authorized, parse_limit, parse_since, segment_row
+from streams.settings import load_config
+from streams.web import BROKER_TIMEOUT_SECONDS, BadRequest, BrokerProbe, authorized, parse_limit, parse_since, segment_row
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -68,3 +73,18 @@ def test_segment_row_without_answers_window_or_alert() -> None:
     assert all(empty["last_window"][k] is None for k in ("nps", "nps_low", "nps_high", "detractor_share"))
     # only an alert state (no window closed yet for this window kind)
     assert segment_row("all", {"alert.state": "resolved", "alert.id": "a"}, "5m")["last_window"] is None
+
+
+def test_broker_probe_reports_an_unreachable_broker() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    probe = BrokerProbe(load_config(None, environ={"NPSPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}), ttl=60)
+
+    async def twice() -> tuple[str | None, str | None]:
+        return await probe.problem(), await probe.problem()
+
+    started = time.monotonic()
+    first, second = asyncio.run(twice())
+    assert first is not None and first.startswith("broker unreachable")
+    assert second == first and time.monotonic() - started < BROKER_TIMEOUT_SECONDS + 2  # the second is cached
