@@ -11,6 +11,7 @@ import hmac
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,13 +109,44 @@ def segment_row(segment_id: str, fields: Mapping[str, str], window: str) -> dict
     return {"segment_id": segment_id, "last_window": last, "alert": alert}
 
 
-def liveness_problems(app: faust.App) -> list[str]:
-    """Why the worker is not alive: a crashed app, or an agent crashed (or with every actor crashed)."""
+class CrashLog:
+    """Recent crashes per agent. Faust's supervisor restarts a crashed agent at once, so an agent that fails on
+    every batch looks alive between crashes: ``limit`` crashes within ``window`` seconds count as a crash loop."""
+
+    def __init__(self, window: float = 300.0, limit: int = 3) -> None:
+        self.window, self.limit = window, limit
+        self._crashes: dict[str, deque[float]] = {}
+
+    def watch(self, app: faust.App) -> None:
+        """Record the crashes of the app's agents that have no error callback of their own."""
+        for name, agent in app.agents.items():
+            if getattr(agent, "_on_error", ...) is None:
+                async def on_error(agent: Any, exc: BaseException, name: str = name) -> None:
+                    self.record(name)
+                agent._on_error = on_error  # type: ignore[attr-defined]
+
+    def record(self, name: str, now: float | None = None) -> None:
+        times = self._crashes.setdefault(name, deque(maxlen=self.limit))
+        times.append(time.monotonic() if now is None else now)
+
+    def looping(self, now: float | None = None) -> list[str]:
+        """The agents that crashed ``limit`` times within the last ``window`` seconds."""
+        now = time.monotonic() if now is None else now
+        return sorted(name for name, times in self._crashes.items()
+                      if len(times) == self.limit and now - times[0] <= self.window)
+
+
+def liveness_problems(app: faust.App, crashes: CrashLog | None = None) -> list[str]:
+    """Why the worker is not alive: a crashed app, an agent crashed (or with every actor crashed), or an agent
+    in a crash loop."""
     problems = ["app crashed"] if app.crashed else []
     for name, agent in app.agents.items():
         actors = list(getattr(agent, "_actors", ()))
         if agent.crashed or (actors and all(actor.crashed for actor in actors)):
             problems.append(f"agent {name} crashed")
+    if crashes is not None:
+        problems.extend(f"agent {name} crash loop ({crashes.limit} crashes in {crashes.window:.0f} s)"
+                        for name in crashes.looping())
     return problems
 
 
@@ -190,6 +222,8 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
     token = os.environ.get(TOKEN_ENV) or None
     window = next(spec.name for spec in config.engine.windows.specs if spec.tumbling)
     broker = BrokerProbe(config)
+    crashes = CrashLog()
+    crashes.watch(app)
 
     class ApiView(View):
         """JSON through orjson; the bearer token checked before any handler when one is configured."""
@@ -220,7 +254,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
         public = True
 
         async def get(self, request: Request) -> Response:
-            problems = liveness_problems(self.app)
+            problems = liveness_problems(self.app, crashes)
             if problems:
                 return self.reply({"status": "failing", "problems": problems}, 503)
             return self.reply({"status": "ok"})
@@ -228,7 +262,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
     @app.page("/ready", base=ApiView, name="npspulse-ready")
     class Ready(ApiView):
         async def get(self, request: Request) -> Response:
-            problems = liveness_problems(self.app) + await readiness_problems(self.app, broker)
+            problems = liveness_problems(self.app, crashes) + await readiness_problems(self.app, broker)
             if problems:
                 return self.reply({"status": "not ready", "reasons": problems}, 503)
             return self.reply({"status": "ready"})

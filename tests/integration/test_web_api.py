@@ -84,7 +84,9 @@ def test_api_serves_health_readiness_segments_and_alerts(deployment, reader, tmp
     alerts = reader(deployment.names.alerts).read_until(
         lambda got: any(a["segment_id"] == INCIDENT_SEGMENT and a["type"] == "alert.opened" for a in got),
         timeout=180, alive=worker)
-    opened = next(a for a in alerts if a["segment_id"] == INCIDENT_SEGMENT and a["type"] == "alert.opened")
+    found = [a for a in alerts if a["segment_id"] == INCIDENT_SEGMENT and a["type"] == "alert.opened"]
+    assert found, (get(worker, "/health"), deployment.log()[-4000:])
+    opened = found[0]
 
     # Redis is written right after the alerts topic: poll until the snapshot shows the alert.
     def incident_row(status: int, body: Any) -> bool:

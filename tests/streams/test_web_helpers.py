@@ -10,7 +10,16 @@ import pytest
 
 from processors.nps import nps_interval
 from streams.settings import load_config
-from streams.web import BROKER_TIMEOUT_SECONDS, BadRequest, BrokerProbe, authorized, parse_limit, parse_since, segment_row
+from streams.web import (
+    BROKER_TIMEOUT_SECONDS,
+    BadRequest,
+    BrokerProbe,
+    CrashLog,
+    authorized,
+    parse_limit,
+    parse_since,
+    segment_row,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -88,3 +97,16 @@ def test_broker_probe_reports_an_unreachable_broker() -> None:
     first, second = asyncio.run(twice())
     assert first is not None and first.startswith("broker unreachable")
     assert second == first and time.monotonic() - started < BROKER_TIMEOUT_SECONDS + 2  # the second is cached
+
+
+def test_crash_log_flags_a_crash_loop() -> None:
+    crashes = CrashLog(window=300.0, limit=3)
+    crashes.record("npspulse.segments", now=0.0)
+    crashes.record("npspulse.segments", now=100.0)
+    assert crashes.looping(now=101.0) == []
+    crashes.record("npspulse.segments", now=200.0)
+    crashes.record("npspulse.surveys", now=200.0)
+    assert crashes.looping(now=250.0) == ["npspulse.segments"]
+    assert crashes.looping(now=301.0) == []  # the oldest of the last three left the window
+    crashes.record("npspulse.segments", now=302.0)
+    assert crashes.looping(now=302.0) == ["npspulse.segments"]
