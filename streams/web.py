@@ -153,7 +153,7 @@ def liveness_problems(app: faust.App, crashes: CrashLog | None = None) -> list[s
 async def readiness_problems(app: faust.App, broker: BrokerProbe) -> list[str]:
     """Why the worker is not ready: no partitions assigned (or none of a topic an agent reads, which happens
     when the group formed before the broker's metadata listed it), a rebalance or table recovery under way,
-    or the broker not answering a metadata request for the surveys topic."""
+    or the broker not answering a metadata request (or not listing the surveys topic)."""
     problems = []
     try:
         assigned = app.consumer.assignment()
@@ -184,7 +184,7 @@ def agent_topics(app: faust.App) -> set[str]:
 
 
 class BrokerProbe:
-    """Whether the broker answers a metadata request for the surveys topic, through a client of its own
+    """Whether the broker answers a metadata request listing the surveys topic, through a client of its own
     (librdkafka, the worker's security settings) so the probe never touches the worker's producer or consumer.
     One request at a time; an answer is reused for ``ttl`` seconds."""
 
