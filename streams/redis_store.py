@@ -1,5 +1,6 @@
 """Redis: customer attributes (a hash per customer), the latest per-segment NPS snapshot (a hash per
-segment, updated on window close), each segment's alert state and a feed of recent alert events.
+segment, updated on window close) with a short history of closed windows, each segment's alert state and a
+feed of recent alert events. The HTTP API (streams/web.py) reads them back.
 
 One connection pool; one pipelined round trip per batch, never per event; a short-lived local cache for
 attributes. If Redis is unreachable the store degrades instead of failing: lookups return nothing (the
@@ -26,9 +27,15 @@ SEGMENT_KEY = "npspulse:segment:{}"
 SEGMENT_INDEX_KEY = "npspulse:segments"
 ALERT_FEED_KEY = "npspulse:alerts"
 ALERT_FEED_SIZE = 10_000
+WINDOW_HISTORY_KEY = "npspulse:windows:{}"
+WINDOW_HISTORY_SIZE = 288  # a day of 5-minute windows
 CACHE_SECONDS = 60.0
 RETRY_SECONDS = 2.0
 _FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class StoreUnavailable(Exception):
+    """A read for the API failed because Redis is unreachable."""
 
 
 class RedisStore:
@@ -82,7 +89,9 @@ class RedisStore:
         return found
 
     async def save_snapshots(self, windows: Iterable[WindowResult], spike_states: Mapping[str, dict]) -> None:
-        """Latest closed window per segment and window kind, plus the detector's baseline, as hashes."""
+        """Latest closed window per segment and window kind, plus the detector's baseline, as hashes; and
+        each segment's recent windows (a sorted set by window start, the newest WINDOW_HISTORY_SIZE kept;
+        a window re-emitted after a restart replaces itself)."""
         windows = list(windows)
         if not windows or not self._may_try(time.monotonic()):
             return
@@ -99,6 +108,10 @@ class RedisStore:
                     fields.update({f"baseline.{k}": str(v) for k, v in baseline.items()})
                 pipe.hset(SEGMENT_KEY.format(result.segment_id), mapping=fields)
                 pipe.sadd(SEGMENT_INDEX_KEY, result.segment_id)
+                history = WINDOW_HISTORY_KEY.format(result.segment_id)
+                pipe.zremrangebyscore(history, result.start, result.start)
+                pipe.zadd(history, {orjson.dumps(result.to_dict()): result.start})
+                pipe.zremrangebyrank(history, 0, -WINDOW_HISTORY_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
             self._failed(error)
@@ -125,6 +138,43 @@ class RedisStore:
             self._failed(error)
             return
         self._recovered()
+
+    async def segment_ids(self) -> list[str]:
+        """Every segment with a snapshot, sorted. Raises StoreUnavailable."""
+        try:
+            return sorted(await self._client.smembers(SEGMENT_INDEX_KEY))
+        except _FAILURES as error:
+            raise StoreUnavailable(type(error).__name__) from error
+
+    async def snapshots(self, segment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The snapshot hash of each segment that has one (one round trip). Raises StoreUnavailable."""
+        segment_ids = list(segment_ids)
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for segment_id in segment_ids:
+                pipe.hgetall(SEGMENT_KEY.format(segment_id))
+            replies = await pipe.execute()
+        except _FAILURES as error:
+            raise StoreUnavailable(type(error).__name__) from error
+        return {segment_id: fields for segment_id, fields in zip(segment_ids, replies, strict=True) if fields}
+
+    async def window_history(self, segment_id: str, limit: int = WINDOW_HISTORY_SIZE) -> list[dict]:
+        """A segment's recent closed windows (as on the windows topic), newest first. Raises StoreUnavailable."""
+        try:
+            members = await self._client.zrevrange(WINDOW_HISTORY_KEY.format(segment_id), 0, limit - 1)
+        except _FAILURES as error:
+            raise StoreUnavailable(type(error).__name__) from error
+        return [orjson.loads(member) for member in members]
+
+    async def recent_alerts(self, since_ms: int | None, limit: int) -> list[dict]:
+        """Alert events from the feed at or after ``since_ms`` (all if None), newest first, at most ``limit``.
+        Raises StoreUnavailable."""
+        try:
+            members = await self._client.zrevrangebyscore(
+                ALERT_FEED_KEY, "+inf", "-inf" if since_ms is None else since_ms, start=0, num=limit)
+        except _FAILURES as error:
+            raise StoreUnavailable(type(error).__name__) from error
+        return [orjson.loads(member) for member in members]
 
     def _may_try(self, now: float) -> bool:
         return self._down_since is None or now >= self._retry_at

@@ -12,6 +12,7 @@ from streams.client import ensure_topics
 from streams.delivery_store import DeliveryStore
 from streams.pipeline import Pipeline
 from streams.redis_store import RedisStore
+from streams.web import register_api
 
 
 class _Worker(Worker):
@@ -36,5 +37,6 @@ def run_worker(config: Config, *, loglevel: str = "info", web_port: int | None =
     store = RedisStore(config.redis.url) if use_redis else None
     delivery = DeliveryStore.from_config(config) if use_redis else None
     Pipeline(app, config, store, delivery)
+    register_api(app, config, store)
     worker = _Worker(app, [client for client in (store, delivery) if client is not None], loglevel=loglevel)
     worker.execute_from_commandline()
