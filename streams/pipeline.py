@@ -56,6 +56,7 @@ WATERMARK_SECONDS = 1.0
 SOURCE_IDLE_SECONDS = 3.0
 MAX_PENDING_ANSWERS = 50_000
 STATUS_SECONDS = 10.0
+POSITION_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -338,8 +339,11 @@ class Pipeline:
         if any since the assignment; else the fetch position must have reached the end)."""
         try:
             highwater = self.app.consumer.highwater(tp)
-            position = await self.app.consumer.position(tp) if processed is None else processed + 1
-        except Exception:  # not fetched yet, or mid-rebalance: not known to be caught up
+            # aiokafka's position() waits until the fetcher knows the position, which a paused partition
+            # (backpressure, re-applied on assignment) may never get: bounded, or the timer calling this hangs.
+            position = await asyncio.wait_for(self.app.consumer.position(tp), POSITION_TIMEOUT_SECONDS) \
+                if processed is None else processed + 1
+        except Exception:  # not fetched yet, paused, or mid-rebalance: not known to be caught up
             return False
         return highwater is not None and position is not None and position >= highwater
 
