@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from processors.delivery import Cap, Decision, DeliverySettings
+from processors.delivery import Cap, Decision, DeliveryPolicy, DeliverySettings
 from processors.events import RetargetTrigger
 
 T0 = 1_772_461_200_000  # 2026-03-02T14:20:00Z
@@ -130,6 +130,21 @@ CASES = [
          (admit("c1", "e1", 10 * HOUR, "sent"), admit("c1", "e2", HOUR, "sent")),
          audiences={"a": [("c1", T0 + 10 * HOUR)]}),
 ]
+
+
+def run_memory(settings: DeliverySettings, steps: list[Step] | tuple[Step, ...],
+               campaigns: list[str]) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """The steps through the in-memory policy: its decisions, in the table's notation, and the audiences."""
+    policy = DeliveryPolicy(settings)
+    decisions = []
+    for step in steps:
+        if step.op == "opt_out":
+            policy.opt_out([step.customer])
+        elif step.op == "opt_in":
+            policy.opt_in([step.customer])
+        else:
+            decisions.append(describe(policy.admit(trigger(step))))
+    return decisions, {campaign: policy.audience(campaign) for campaign in campaigns}
 
 
 def random_steps(seed: int, count: int = 400, *, max_lateness: int | None = None) -> list[Step]:

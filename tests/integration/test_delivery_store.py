@@ -19,9 +19,22 @@ from typing import Any
 
 import pytest
 import redis
-from delivery_cases import CASES, DAY, HOUR, RANDOM_SETTINGS, T0, Case, Step, admit, describe, random_steps, trigger
+from delivery_cases import (
+    CASES,
+    DAY,
+    HOUR,
+    RANDOM_SETTINGS,
+    T0,
+    Case,
+    Step,
+    admit,
+    describe,
+    random_steps,
+    run_memory,
+    trigger,
+)
 
-from processors.delivery import Cap, DeliveryPolicy, DeliverySettings, Outcome
+from processors.delivery import Cap, DeliverySettings, Outcome
 from processors.events import RetargetTrigger
 from streams.cli import main
 from streams.delivery_store import REDIS_UNAVAILABLE, DeliveryStore, DeliveryStoreError, namespace_for
@@ -64,20 +77,6 @@ def run_store(redis_url: str, namespace: str, settings: DeliverySettings, steps:
             await store.close()
 
     return asyncio.run(scenario())
-
-
-def run_memory(settings: DeliverySettings, steps: list[Step] | tuple[Step, ...],
-               campaigns: list[str]) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    policy = DeliveryPolicy(settings)
-    decisions = []
-    for step in steps:
-        if step.op == "opt_out":
-            policy.opt_out([step.customer])
-        elif step.op == "opt_in":
-            policy.opt_in([step.customer])
-        else:
-            decisions.append(describe(policy.admit(trigger(step))))
-    return decisions, {campaign: policy.audience(campaign) for campaign in campaigns}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -6,7 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from delivery_cases import CASES, DAY, HOUR, RANDOM_SETTINGS, T0, Case, admit, describe, random_steps, trigger
+from delivery_cases import (
+    CASES,
+    DAY,
+    HOUR,
+    RANDOM_SETTINGS,
+    T0,
+    Case,
+    admit,
+    describe,
+    random_steps,
+    run_memory,
+    trigger,
+)
 
 from processors.config import ConfigError, config_from_dict
 from processors.delivery import (
@@ -20,22 +32,9 @@ from processors.delivery import (
 )
 
 
-def run_memory(case: Case) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    policy = DeliveryPolicy(case.settings)
-    decisions = []
-    for step in case.steps:
-        if step.op == "opt_out":
-            policy.opt_out([step.customer])
-        elif step.op == "opt_in":
-            policy.opt_in([step.customer])
-        else:
-            decisions.append(describe(policy.admit(trigger(step))))
-    return decisions, {campaign: policy.audience(campaign) for campaign in case.audiences}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_shared_cases(case: Case) -> None:
-    decisions, audiences = run_memory(case)
+    decisions, audiences = run_memory(case.settings, case.steps, list(case.audiences))
     assert decisions == [step.expect for step in case.steps if step.op == "admit"]
     assert audiences == case.audiences
 
@@ -43,7 +42,7 @@ def test_shared_cases(case: Case) -> None:
 def test_time_is_the_trigger_time_never_the_clock() -> None:
     """``now_ms`` only bounds memory: far ahead of the triggers it changes no decision."""
     case = CASES[4]
-    expected, _ = run_memory(case)
+    expected, _ = run_memory(case.settings, case.steps, list(case.audiences))
     policy = DeliveryPolicy(case.settings)
     got = [describe(policy.admit(trigger(step), now_ms=T0 + 100 * DAY)) for step in case.steps]
     assert got == expected
