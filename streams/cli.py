@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from processors.config import ConfigError
+from processors.config import Config, ConfigError
 from processors.timeparse import parse_duration_ms, parse_rfc3339_ms
 from streams.settings import load_config
 
+T = TypeVar("T")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -267,10 +270,8 @@ def _load_customers(args: argparse.Namespace) -> int:
 
 
 def _optout(args: argparse.Namespace) -> int:
-    import asyncio
-
     from streams.customers import CustomerFileError, read_customer_ids
-    from streams.delivery_store import DeliveryStore, DeliveryStoreError
+    from streams.delivery_store import DeliveryStore
 
     config = load_config(args.config)
     ids = list(args.customer_ids)
@@ -284,21 +285,15 @@ def _optout(args: argparse.Namespace) -> int:
         print(f"npspulse optout {args.action}: give customer ids or --file", file=sys.stderr)
         return 2
 
-    async def run() -> int | list[str]:
-        store = DeliveryStore.from_config(config)
-        try:
-            if args.action == "add":
-                return await store.opt_out(ids)
-            if args.action == "remove":
-                return await store.opt_in(ids)
-            return await store.opted_out(ids or None)
-        finally:
-            await store.close()
+    async def call(store: DeliveryStore) -> int | list[str]:
+        if args.action == "add":
+            return await store.opt_out(ids)
+        if args.action == "remove":
+            return await store.opt_in(ids)
+        return await store.opted_out(ids or None)
 
-    try:
-        result = asyncio.run(run())
-    except DeliveryStoreError as error:
-        print(f"npspulse optout: {error}", file=sys.stderr)
+    result = _on_delivery_store(config, "optout", call)
+    if result is None:
         return 1
     if isinstance(result, list):
         for customer_id in result:
@@ -311,29 +306,42 @@ def _optout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audience_export(args: argparse.Namespace) -> int:
+def _on_delivery_store(config: Config, command: str, call: Callable[[Any], Awaitable[T]]) -> T | None:
+    """Run one call on a DeliveryStore from the config and close it; None (reason printed) if Redis fails."""
     import asyncio
+
+    from streams.delivery_store import DeliveryStore, DeliveryStoreError
+
+    async def run() -> T:
+        store = DeliveryStore.from_config(config)
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except DeliveryStoreError as error:
+        print(f"npspulse {command}: {error}", file=sys.stderr)
+        return None
+
+
+def _audience_export(args: argparse.Namespace) -> int:
     import contextlib
     import csv
 
     from processors.timeparse import format_rfc3339_ms
-    from streams.delivery_store import DeliveryStore, DeliveryStoreError
+    from streams.delivery_store import DeliveryStore
 
     config = load_config(args.config)
     if args.campaign not in {rule.campaign_id for rule in config.engine.campaigns}:
         print(f"npspulse audience: note: {args.campaign!r} is not a configured campaign", file=sys.stderr)
 
-    async def run() -> list[tuple[str, int]]:
-        store = DeliveryStore.from_config(config)
-        try:
-            return await store.export_audience(args.campaign, since=args.since)
-        finally:
-            await store.close()
+    async def call(store: DeliveryStore) -> list[tuple[str, int]]:
+        return await store.export_audience(args.campaign, since=args.since)
 
-    try:
-        rows = asyncio.run(run())
-    except DeliveryStoreError as error:
-        print(f"npspulse audience: {error}", file=sys.stderr)
+    rows = _on_delivery_store(config, "audience", call)
+    if rows is None:
         return 1
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
