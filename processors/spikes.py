@@ -268,7 +268,7 @@ class SpikeDetector:
             state.pending = [row for row in state.pending if row[0] < evidence.since]
         sev1 = design == len(self.settings.shifts) - 1 or evidence.rise >= self.settings.sev1_rise
         alert_id = content_id("alert", segment_id, end, RULE)
-        incident = next((s.alert.incident_id for s in chain[1:] if s.alert is not None), alert_id)
+        incident = open_ancestor_incident(chain) or alert_id
         state.alert = OpenAlert(alert_id, incident, end, design, SEV1 if sev1 else SEV2, state.cusums[design].s,
                                 designs[design].h, evidence)
         return self._event("opened", segment_id, parent_id, state.alert, end)
@@ -290,7 +290,7 @@ class SpikeDetector:
         if alert.severity != SEV1 and (designs[top].reached(state.cusums[top].s) or alert.evidence.rise >= settings.sev1_rise):
             alert.severity = SEV1
             changed = True
-        parent_incident = next((s.alert.incident_id for s in chain[1:] if s.alert is not None), None)
+        parent_incident = open_ancestor_incident(chain)
         if parent_incident is not None and alert.incident_id == alert.alert_id and parent_incident != alert.alert_id:
             alert.incident_id = parent_incident  # a parent alert opened since: roll up into its incident
             changed = True
@@ -308,6 +308,11 @@ class SpikeDetector:
             statistic=alert.statistic, threshold=alert.threshold,
             drivers=drivers(segment_id, evidence, self.settings.max_drivers),
         )
+
+
+def open_ancestor_incident(chain: Sequence[SpikeState]) -> str | None:
+    """The incident of the nearest ancestor (``chain[1:]``) with an open alert, if any."""
+    return next((state.alert.incident_id for state in chain[1:] if state.alert is not None), None)
 
 
 def drivers(segment_id: str, evidence: Evidence, limit: int) -> tuple[Driver, ...]:
