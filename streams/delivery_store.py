@@ -31,7 +31,6 @@ caller must not send those triggers; it may retry them later. After a failure, c
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
@@ -40,12 +39,12 @@ from redis.exceptions import RedisError, ResponseError
 from processors.config import Config, KafkaSettings
 from processors.delivery import Cap, Decision, DeliverySettings, Outcome
 from processors.events import RetargetTrigger
+from streams.outage import RETRY_SECONDS, OutageTracker
 
 log = logging.getLogger("npspulse.delivery")
 
 REDIS_UNAVAILABLE = "redis unavailable"
 REDIS_ERROR = "redis error"
-RETRY_SECONDS = 2.0
 CHUNK = 500  # triggers per MULTI/EXEC: Redis runs a transaction alone, so keep each one short
 # Generous: the timeout runs on the worker's event loop, which a large batch can keep busy for seconds; at
 # 1 s the worker benchmark saw spurious timeouts, and a timeout holds a whole chunk back (fail closed).
@@ -157,9 +156,8 @@ class DeliveryStore:
                                                socket_connect_timeout=socket_timeout, decode_responses=True,
                                                health_check_interval=10)
         self._script = self._client.register_script(ADMIT_SCRIPT)
-        self._retry_seconds = retry_seconds
-        self._retry_at = 0.0
-        self._down_since: float | None = None
+        self.outage = OutageTracker(log, "Redis unreachable (%s): triggers are held back as undelivered until it returns",
+                                    "Redis reachable again after %.0f s; trigger delivery resumed", retry_seconds=retry_seconds)
         self.counters: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
 
     @classmethod
@@ -170,7 +168,7 @@ class DeliveryStore:
 
     @property
     def available(self) -> bool:
-        return self._down_since is None
+        return self.outage.available
 
     @property
     def undelivered(self) -> int:
@@ -213,7 +211,7 @@ class DeliveryStore:
         ids = [trigger.id for trigger in triggers]
         if not triggers:
             return []
-        if not self._may_try():
+        if not self.outage.may_try():
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_UNAVAILABLE) for trigger_id in ids]
         settings = self.settings
         customer_args = _cap_args(settings.customer_cap)
@@ -232,9 +230,9 @@ class DeliveryStore:
             log.error("Redis refused a delivery batch of %d triggers (%s); none sent", len(ids), _first_line(error))
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_ERROR) for trigger_id in ids]
         except _FAILURES as error:
-            self._failed(error)
+            self.outage.failed(error)
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_UNAVAILABLE) for trigger_id in ids]
-        self._recovered()
+        self.outage.recovered()
         errors = [reply for reply in replies if isinstance(reply, ResponseError)]
         if errors:
             log.error("Redis refused %d delivery decisions of a batch of %d (%s); those triggers not sent",
@@ -289,23 +287,6 @@ class DeliveryStore:
         return [(customer_id, int(score)) for customer_id, score in rows]
 
     # ------------------------------------------------------------ outages
-
-    def _may_try(self) -> bool:
-        return self._down_since is None or time.monotonic() >= self._retry_at
-
-    def _failed(self, error: BaseException) -> None:
-        now = time.monotonic()
-        self._retry_at = now + self._retry_seconds
-        if self._down_since is None:
-            self._down_since = now
-            log.warning("Redis unreachable (%s): triggers are held back as undelivered until it returns",
-                        type(error).__name__)
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning("Redis reachable again after %.0f s; trigger delivery resumed",
-                        time.monotonic() - self._down_since)
-            self._down_since = None
 
 
 def _cap_args(cap: Cap | None) -> tuple[int, int, str]:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from processors.windows import WindowResult
+from streams.outage import RETRY_SECONDS, OutageTracker
 
 log = logging.getLogger("npspulse.redis")
 
@@ -30,7 +31,6 @@ ALERT_FEED_SIZE = 10_000
 WINDOW_HISTORY_KEY = "npspulse:windows:{}"
 WINDOW_HISTORY_SIZE = 288  # a day of 5-minute windows
 CACHE_SECONDS = 60.0
-RETRY_SECONDS = 2.0
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -44,14 +44,12 @@ class RedisStore:
                                                decode_responses=True, health_check_interval=10)
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
         self._cache_seconds = cache_seconds
-        self._retry_seconds = retry_seconds
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-        self.errors = 0
+        self.outage = OutageTracker(log, "Redis unreachable (%s); continuing with partial enrichment until it returns",
+                                    "Redis reachable again after %.0f s; full enrichment resumed", retry_seconds=retry_seconds)
 
     @property
     def available(self) -> bool:
-        return self._down_since is None
+        return self.outage.available
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -69,7 +67,7 @@ class RedisStore:
                 missing.append(customer_id)
         if not missing:
             return found
-        if not self._may_try(now):
+        if not self.outage.may_try(now):
             return None
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -77,9 +75,9 @@ class RedisStore:
                 pipe.hgetall(ATTRIBUTES_KEY.format(customer_id))
             replies = await pipe.execute()
         except _FAILURES as error:
-            self._failed(error)
+            self.outage.failed(error)
             return None
-        self._recovered()
+        self.outage.recovered()
         expires = now + self._cache_seconds
         if len(self._cache) > 200_000:
             self._cache.clear()
@@ -93,7 +91,7 @@ class RedisStore:
         each segment's recent windows (a sorted set by window start, the newest WINDOW_HISTORY_SIZE kept;
         a window re-emitted after a restart replaces itself)."""
         windows = list(windows)
-        if not windows or not self._may_try(time.monotonic()):
+        if not windows or not self.outage.may_try():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -114,15 +112,15 @@ class RedisStore:
                 pipe.zremrangebyrank(history, 0, -WINDOW_HISTORY_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
-            self._failed(error)
+            self.outage.failed(error)
             return
-        self._recovered()
+        self.outage.recovered()
 
     async def save_alerts(self, records: Iterable[dict]) -> None:
         """Alert events (schema 2 dicts): each segment's alert state in its hash, and a feed of recent events
         (a sorted set by event time, the newest ALERT_FEED_SIZE kept) for the API and dashboard."""
         records = list(records)
-        if not records or not self._may_try(time.monotonic()):
+        if not records or not self.outage.may_try():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -135,9 +133,9 @@ class RedisStore:
             pipe.zremrangebyrank(ALERT_FEED_KEY, 0, -ALERT_FEED_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
-            self._failed(error)
+            self.outage.failed(error)
             return
-        self._recovered()
+        self.outage.recovered()
 
     async def segment_ids(self) -> list[str]:
         """Every segment with a snapshot, sorted. Raises StoreUnavailable."""
@@ -175,21 +173,3 @@ class RedisStore:
         except _FAILURES as error:
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]
-
-    def _may_try(self, now: float) -> bool:
-        return self._down_since is None or now >= self._retry_at
-
-    def _failed(self, error: BaseException) -> None:
-        self.errors += 1
-        now = time.monotonic()
-        self._retry_at = now + self._retry_seconds
-        if self._down_since is None:
-            self._down_since = now
-            log.warning("Redis unreachable (%s); continuing with partial enrichment until it returns",
-                        type(error).__name__)
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning("Redis reachable again after %.0f s; full enrichment resumed",
-                        time.monotonic() - self._down_since)
-            self._down_since = None
