@@ -22,6 +22,7 @@ from processors.spikes import DetectionSettings
 from processors.timeparse import DAY_MS, MINUTE_MS, format_duration_ms, parse_duration_ms
 from processors.windows import WindowSettings, WindowSpec
 
+DEFAULT_DEDUP_HORIZON_MS = 600_000  # an event id seen again within 10 minutes of event time counts once
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PRIORITIES = ("low", "normal", "high", "urgent")
@@ -75,6 +76,7 @@ class EngineSettings:
     detection: DetectionSettings
     campaigns: tuple[CampaignRule, ...]
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ def config_from_dict(doc: Mapping[str, Any]) -> Config:
     """Validate a parsed config document (TOML) and build the typed settings."""
     _known_keys(doc, _SECTIONS, "")
     events = _table(doc, "events")
-    _known_keys(events, ("max_future",), "events")
+    _known_keys(events, ("max_future", "dedup_horizon"), "events")
     windows = _windows(_table(doc, "windows"))
     engine = EngineSettings(
         profiles=_profiles(_table(doc, "profiles")),
@@ -103,6 +105,7 @@ def config_from_dict(doc: Mapping[str, Any]) -> Config:
         detection=_detection(_table(doc, "detection"), windows),
         campaigns=_campaigns(doc.get("campaigns", _DEFAULT_CAMPAIGNS)),
         max_future_ms=_duration(events, "max_future", "events", DEFAULT_MAX_FUTURE_MS),
+        dedup_horizon_ms=_duration(events, "dedup_horizon", "events", DEFAULT_DEDUP_HORIZON_MS, minimum_ms=0),
     )
     return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")),
                   worker=_worker(_table(doc, "worker")),

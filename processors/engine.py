@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import EngineSettings
+from processors.dedup import RecentEvents
 from processors.events import AlertEvent, EventError, Purchase, RetargetTrigger, SurveyResponse
 from processors.nps import NpsCounts, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy, Segmenter
 from processors.spikes import SpikeDetector, SpikeState
-from processors.timeparse import DAY_MS
+from processors.timeparse import DAY_MS, format_duration_ms
 from processors.windows import AnswerRef, Breakdown, SegmentWindows, Slice, WindowResult, count_drivers
 
 
@@ -253,6 +254,7 @@ class Engine:
         self.max_purchase_time: int | None = None
         self.late_answers = 0
         self._held: list[SurveyResponse] = []
+        self._recent = RecentEvents(settings.dedup_horizon_ms)
 
     @property
     def watermark(self) -> int | None:
@@ -261,8 +263,10 @@ class Engine:
         return self.max_event_time - self.settings.windows.grace_ms
 
     def process(self, event: SurveyResponse | Purchase) -> Outputs:
-        """Apply one event and return what it caused (closing windows it pushed the watermark past)."""
+        """Apply one event and return what it caused (closing windows it pushed the watermark past). An event
+        whose id was seen within the dedup horizon is refused with EventError (field ``event_id``)."""
         out = Outputs()
+        refuse_duplicate(self._recent, event)
         if isinstance(event, Purchase):
             # Purchases shape profiles only; answers alone drive the window watermark.
             self.customers.purchase(event)
@@ -325,3 +329,11 @@ class Engine:
             else:
                 waiting.append(answer)
         self._held = waiting
+
+
+def refuse_duplicate(recent: RecentEvents, event: SurveyResponse | Purchase) -> None:
+    """Raise EventError if the event's id was seen within the horizon (else remember it)."""
+    at = event.purchased_at if isinstance(event, Purchase) else event.answered_at
+    if not recent.first(event.event_id, at):
+        raise EventError("event_id", f"duplicate: event id seen within the last "
+                                     f"{format_duration_ms(recent.horizon_ms)} of event time")

@@ -59,7 +59,8 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
     """The settings as a TOML document; values set by environment variables carry a ``# from VAR`` comment."""
     from_env = {target: name for name, target in ENV_OVERRIDES.items() if environ.get(name)}
     lines = [f"# Effective npspulse settings: {source}, defaults and environment overrides. Secrets are masked.", ""]
-    lines += _section("events", {"max_future": _duration(config.engine.max_future_ms)})
+    lines += _section("events", {"max_future": _duration(config.engine.max_future_ms),
+                                 "dedup_horizon": _duration(config.engine.dedup_horizon_ms)})
     lines += _section("profiles", _profiles(config))
     segmentation = config.engine.segmentation
     lines += _section("segmentation", {"segments": [" x ".join(cross) if cross else "all"

@@ -17,7 +17,7 @@ import pytest
 import processors
 from processors.config import Config, EngineSettings, config_from_dict
 from processors.engine import Engine, Outputs
-from processors.events import Purchase, SurveyResponse
+from processors.events import EventError, Purchase, SurveyResponse
 from processors.segments import parse_segment_id
 
 MIN = 60_000
@@ -287,3 +287,18 @@ def test_purchase_arriving_just_after_an_answer_gives_the_same_segments(default_
     segments = sorted({r.segment_id for r in purchase_first.windows})
     assert "tier=gold" in segments
     assert sorted({r.segment_id for r in answer_first.windows}) == segments
+
+
+def test_a_repeated_event_id_counts_once_within_the_dedup_horizon(default_config: Config) -> None:
+    engine = Engine(default_config.engine)  # default horizon: 10 minutes of event time
+    out = engine.process(answer_at("dup-1", "c-1", T0 + 1 * MIN, "EU"))
+    with pytest.raises(EventError) as refused:
+        engine.process(answer_at("dup-1", "c-1", T0 + 1 * MIN, "EU"))  # a producer retry
+    assert refused.value.field == "event_id"
+    for k in range(30):  # 16 minutes later the id is forgotten: the same id is a new answer again
+        out.extend(engine.process(answer_at(f"eu-{k}", "c-2", T0 + 2 * MIN + k * 30_000, "EU")))
+    out.extend(engine.process(answer_at("dup-1", "c-1", T0 + 17 * MIN, "EU")))
+    out.extend(engine.flush())
+    windows = {w.start: w.counts.total for w in out.windows if w.segment_id == "region=EU" and w.window == "5m"}
+    assert windows[T0] == 1 + 6  # the original and c-2's six answers of 00:02-00:05; not the retry
+    assert windows[T0 + 15 * MIN] == 4 + 1  # c-2's four answers there, and the id counted again after 10 min
