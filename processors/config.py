@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from processors.baseline import BaselineSettings
-from processors.delivery import DEFAULT_CUSTOMER_CAP, Cap, DeliverySettings
+from processors.delivery import DEFAULT_CUSTOMER_CAP, PRIORITIES, Cap, DeliverySettings
 from processors.events import DEFAULT_MAX_FUTURE_MS
 from processors.nps import Loyalty
 from processors.profiles import ProfileSettings
@@ -24,7 +24,7 @@ from processors.windows import WindowSettings, WindowSpec
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PRIORITIES = ("low", "normal", "high", "urgent")
+_PRIORITIES = PRIORITIES
 
 
 class ConfigError(ValueError):

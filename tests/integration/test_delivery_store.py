@@ -86,9 +86,10 @@ def test_shared_cases(case: Case, redis_url: str, namespace: str) -> None:
     assert audiences == case.audiences
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_sequences_agree_with_the_memory_policy(seed: int, redis_url: str, namespace: str) -> None:
-    steps = random_steps(seed)
+@pytest.mark.parametrize(("seed", "priorities"), [(0, False), (1, False), (2, True), (3, True)])
+def test_random_sequences_agree_with_the_memory_policy(seed: int, priorities: bool, redis_url: str,
+                                                       namespace: str) -> None:
+    steps = random_steps(seed, priorities=priorities)
     expected = run_memory(RANDOM_SETTINGS, steps, ["a", "b", "c"])
     got = run_store(redis_url, namespace, RANDOM_SETTINGS, steps, ["a", "b", "c"])
     assert got == expected
