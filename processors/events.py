@@ -372,6 +372,12 @@ class AlertEvent:
     statistic: float
     threshold: float
     drivers: tuple[Driver, ...] = ()
+    # Revenue at risk: the summed purchase value (profile horizon, 90 days by default; base currency) of the
+    # distinct customers who answered as detractors in the segment from the onset (at most the longest
+    # window back) to ``at``, and how many they are.
+    revenue_at_risk_cents: int = 0
+    at_risk_customers: int = 0
+    currency: str = ""
 
     @property
     def id(self) -> str:
@@ -414,6 +420,8 @@ class AlertEvent:
             "excess_detractors": round(self.detractors - self.expected_detractors, 3),
             "statistic": round(self.statistic, 4), "threshold": round(self.threshold, 4),
             "drivers": [driver.to_dict() for driver in self.drivers],
+            "revenue_at_risk": {"amount": self.revenue_at_risk_cents / 100, "currency": self.currency,
+                                "customers": self.at_risk_customers},
         }
 
 
