@@ -224,9 +224,10 @@ class SegmentStage:
         return max(event.onset_at, event.at - self.settings.windows.longest_ms)
 
     def _with_revenue(self, event: AlertEvent, windows: SegmentWindows) -> AlertEvent:
-        cents, customers = revenue_at_risk(windows.answers_between(self._since(event), event.at))
+        since = self._since(event)
+        cents, customers = revenue_at_risk(windows.answers_between(since, event.at))
         return replace(event, revenue_at_risk_cents=cents, at_risk_customers=customers,
-                       currency=self.settings.profiles.currency)
+                       currency=self.settings.profiles.currency, revenue_since=since)
 
 
 def revenue_at_risk(answers: Iterable[AnswerRef]) -> tuple[int, int]:

@@ -87,7 +87,8 @@ def trigger_line(trigger: Mapping[str, Any]) -> str:
 
 
 def revenue_line(revenue: object) -> str | None:
-    """``EUR 12,345.05 (17 detractors)``: the 90-day value of the alert's detractor customers (None: absent)."""
+    """``EUR 12,345.05 (17 detractors since 14:02)``: the 90-day value of the alert's detractor customers
+    (None: absent)."""
     if not isinstance(revenue, Mapping):
         return None
     amount, customers = _number(revenue, "amount"), _number(revenue, "customers")
@@ -95,9 +96,11 @@ def revenue_line(revenue: object) -> str | None:
         return None
     currency = _text(revenue, "currency")
     line = f"{currency + ' ' if currency else ''}{amount:,.2f}"
-    if customers is not None:
-        line += f" ({_count(customers)} detractor{'' if customers == 1 else 's'})"
-    return line
+    details = f"{_count(customers)} detractor{'' if customers == 1 else 's'}" if customers is not None else ""
+    since = _text(revenue, "since_iso")
+    if len(since) >= 16:
+        details += f"{' ' if details else ''}since {since[11:16]}"
+    return f"{line} ({details})" if details else line
 
 
 def _nps_line(alert: Mapping[str, Any]) -> str | None:

@@ -306,7 +306,8 @@ def test_alerts_carry_the_revenue_at_risk_of_their_detractors(baseline: tuple[En
         expected = int(sum(Decimal(value) for value in spend.values()) * 100)
         assert (alert.revenue_at_risk_cents, alert.at_risk_customers) == (expected, len(customers)), alert.kind
         record = alert.to_dict()["revenue_at_risk"]
-        assert record == {"amount": expected / 100, "currency": "EUR", "customers": len(customers)}
+        assert record["since"] == alert.revenue_since == since
+        assert (record["amount"], record["currency"], record["customers"]) == (expected / 100, "EUR", len(customers))
         nonzero += expected > 0
     assert nonzero == len(out.alerts)
 
