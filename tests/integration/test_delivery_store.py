@@ -211,8 +211,12 @@ def test_keys_are_namespaced_and_expire(redis_url: str, namespace: str) -> None:
     try:
         keys = set(client.scan_iter(match=f"{namespace}:*", count=1000))
         store = DeliveryStore(redis_url, settings, namespace=namespace)
+        # A high-priority trigger is recorded in the bands low (the plain customer key), normal and high.
         expected_ttl = {store.seen_key(trigger(first).id): 2 * DAY, store.campaign_key("a", "c1"): 14 * DAY,
-                        store.customer_key("c1"): 2 * DAY, store.audience_key("a"): 30 * DAY}
+                        store.customer_key("c1"): 2 * DAY, store.customer_key("c1", "normal"): 2 * DAY,
+                        store.customer_key("c1", "high"): 2 * DAY, store.audience_key("a"): 30 * DAY}
+        assert store.customer_key("c1", "high") == f"{namespace}:delivery:customer:c1:high"
+        assert store.customer_key("c1", "urgent") not in keys
         assert set(expected_ttl) | {store.optout_key} <= keys
         assert all(key.startswith(f"{namespace}:") for key in keys)
         for key, ttl in expected_ttl.items():
