@@ -218,7 +218,6 @@ class SegmentStage:
             out.triggers.extend(self.retargeter.for_alert(segment_id, open_before.alert_id, open_before.severity, at,
                                                           piece.answers))
 
-
     def _since(self, event: AlertEvent) -> int:
         """Where an alert's look-back starts: its onset, at most the longest window before ``at``."""
         return max(event.onset_at, event.at - self.settings.windows.longest_ms)
