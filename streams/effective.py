@@ -70,12 +70,15 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
     lines += _section("windows", _windows(config))
     lines += _section("detection", _detection(config))
     for rule in config.engine.campaigns:
-        body = {"id": rule.campaign_id, "on": rule.on, "loyalty": [m.value for m in Loyalty if m in rule.loyalty],
+        body = {"id": rule.campaign_id, "in_spike": rule.in_spike,
+                "loyalty": [m.value for m in Loyalty if m in rule.loyalty], "scores": list(rule.scores),
                 "segments": list(rule.segments)}
         if rule.tiers is not None:
             body["tiers"] = sorted(rule.tiers)
-        body.update(channel=rule.channel, priority=rule.priority, expires_after=_duration(rule.expires_after_ms),
-                    reason=rule.reason)
+        body.update(channel=rule.channel, priority=rule.priority)
+        if rule.priority_by_tier:
+            body["priority_by_tier"] = dict(rule.priority_by_tier)
+        body.update(expires_after=_duration(rule.expires_after_ms), reason=rule.reason)
         cap = config.delivery.campaign_caps.get(rule.campaign_id)
         if cap is not None:
             body["cap"] = {"max": cap.max, "period": _duration(cap.period_ms)}
