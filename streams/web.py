@@ -235,7 +235,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
     broker = BrokerProbe(config)
     crashes = CrashLog()
     crashes.watch(app)
-    page = render_page().encode()
+    page = render_page()
 
     class ApiView(View):
         """JSON through orjson; the bearer token checked before any handler when one is configured."""
@@ -286,7 +286,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
         public = True  # the page holds no data: its script asks the API, with the token, for everything
 
         async def get(self, request: Request) -> Response:
-            return self.bytes(page, content_type="text/html; charset=utf-8", headers={
+            return self.html(page, headers={
                 "Content-Security-Policy": content_security_policy(), "Cache-Control": "no-cache",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 

@@ -461,6 +461,12 @@
       document.getElementById("token-form").hidden = true;
       refresh();
     });
+    window.addEventListener("hashchange", function () {
+      if (!/(?:^#|&)token=/.test(location.hash)) return;
+      state.token = readToken();
+      document.getElementById("token-form").hidden = true;
+      refresh();
+    });
     state.token = readToken();
     refresh();
   }
