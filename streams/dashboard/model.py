@@ -20,10 +20,13 @@ def _finite(value: float, digits: int = 2) -> float | None:
 
 
 def history_points(windows: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
-    """Closed windows (dicts as on the windows topic) as compact points, oldest first."""
+    """Closed windows (dicts as on the windows topic) as compact points, oldest first; a window without
+    answers has no NPS and no interval."""
     points = []
     for window in sorted(windows, key=lambda w: w["window_start"]):
         nps, low, high = window.get("nps"), window.get("nps_low"), window.get("nps_high")
+        if not window["responses"]:  # no NPS; its interval would span the whole scale
+            nps = low = high = None
         points.append([window["window_start"], window["window_end"], window["responses"], window["detractors"],
                        window["promoters"], None if nps is None else round(nps, 2),
                        None if low is None else round(low, 2), None if high is None else round(high, 2)])

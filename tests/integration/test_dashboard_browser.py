@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,22 @@ def test_dashboard_shows_the_incident_live(deployment, browser, tmp_path: Path) 
     status, body = poll(worker, "/api/segments", incident_open, timeout=240, token=TOKEN)
     assert incident_open(status, body), (status, body, deployment.log()[-4000:])
     base = f"http://127.0.0.1:{web_port(worker)}"
+
+    # What the page's table asks for: each row with its newest windows, oldest first, and their trend.
+    status, body = get(worker, "/api/segments?history=6", token=TOKEN)
+    assert status == 200
+    rows = {row["segment_id"]: row for row in body["segments"]}
+    for row in rows.values():
+        starts = [point[0] for point in row["history"]]
+        assert 1 <= len(starts) <= 6 and starts == sorted(set(starts)), row
+        recent = [p for p in row["history"] if p[0] >= row["history"][-1][1] - 3_600_000]
+        assert row["trend"]["responses"] == sum(p[2] for p in recent), row
+    status, one = get(worker, "/api/segments/" + urllib.parse.quote(INCIDENT_SEGMENT, safe=""), token=TOKEN)
+    full = sorted(window["window_start"] for window in one["history"])
+    incident_starts = [point[0] for point in rows[INCIDENT_SEGMENT]["history"]]
+    assert len(incident_starts) == 6 and incident_starts[0] in full
+    assert full[full.index(incident_starts[0]):][:6] == incident_starts  # consecutive windows of the full history
+    assert get(worker, "/api/segments?history=289", token=TOKEN)[0] == 400
 
     # The page itself is public and holds no data; the API behind it still wants the token.
     with urllib.request.urlopen(base + "/", timeout=10) as response:
