@@ -75,7 +75,8 @@
     });
   }
 
-  /* One entry per alert: its events in time order, the newest last. */
+  /* One entry per alert (its events in time order, the newest last): open ones first, sev-1 before sev-2,
+     then the most recent. */
   function alertsById() {
     var byId = new Map();
     state.alerts.forEach(function (event) {
@@ -90,6 +91,7 @@
     list.sort(function (a, b) {
       var openA = a.latest.type !== "alert.resolved", openB = b.latest.type !== "alert.resolved";
       if (openA !== openB) return openA ? -1 : 1;
+      if (openA && a.latest.severity !== b.latest.severity) return a.latest.severity < b.latest.severity ? -1 : 1;
       return b.latest.at - a.latest.at;
     });
     return list;
@@ -382,7 +384,8 @@
     var newest = state.segments.reduce(function (m, s) {
       return s.points.length ? Math.max(m, s.points[s.points.length - 1][1]) : m;
     }, -Infinity);
-    return state.segments.length + " segments, " + open + " alerting" +
+    var resolved = state.segments.filter(function (s) { return s.alert && !isOpen(s); }).length;
+    return state.segments.length + " segments, " + open + " alerting" + (resolved ? ", " + resolved + " with a resolved alert" : "") +
       (isFinite(newest) ? "; data up to " + clock(newest) : "");
   }
 
