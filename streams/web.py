@@ -1,7 +1,8 @@
-"""The worker's HTTP API, on its Faust web server: liveness, readiness, segment snapshots and the alert feed.
+"""The worker's HTTP API, on its Faust web server: liveness, readiness, segment snapshots, the alert feed and the dashboard.
 
 Segments and alerts are read from Redis (the snapshots every worker writes), so any worker answers for every
-segment. With ``NPSPULSE_API_TOKEN`` set, every route but ``/health`` and ``/ready`` needs ``Authorization: Bearer <token>``.
+segment. With ``NPSPULSE_API_TOKEN`` set, every route but ``/health``, ``/ready`` and the dashboard page ``/`` (static,
+no data: its script calls the API with the token) needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
