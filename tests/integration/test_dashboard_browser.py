@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import urllib.parse
 import urllib.request
@@ -31,6 +32,9 @@ WAIT_MS = 30_000
 INCIDENT_SEGMENT = "region=EU|channel=app"
 # The stream ends 45 minutes into the incident, so its alert is still open when the page loads.
 INCIDENT = f"{INCIDENT_SEGMENT} @ +9h for 60m +40pp"
+# Redis keys are not per deployment: each run simulates a different day, so its alert ids are its own and
+# another run's alert events (some resolved) or segment states never pass for this run's.
+FIRST_DAY_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DURATION_MS = (9 * 60 + 45) * 60_000
 TOKEN = "dashboard-test-token"
 ROW = f'#segments tr[data-segment="{INCIDENT_SEGMENT}"]'
@@ -69,18 +73,27 @@ def _number(text: str) -> float:
     return float(text.split()[0].replace("\u2212", "-"))
 
 
-def test_dashboard_shows_the_incident_live(deployment, browser, tmp_path: Path) -> None:
+def test_dashboard_shows_the_incident_live(deployment, reader, browser, tmp_path: Path) -> None:
     stream = tmp_path / "stream.jsonl"
+    start_ms = FIRST_DAY_MS + secrets.randbelow(60) * 86_400_000
     simulate_to_file(SimulationSettings(customers=1500, duration_ms=DURATION_MS, answers_per_minute=40, seed=21,
-                                        incidents=(parse_incident(INCIDENT),)), stream)
+                                        start_ms=start_ms, incidents=(parse_incident(INCIDENT),)), stream)
     assert produce_files([stream], deployment.config, progress=False).failed == 0
     worker = deployment.start_worker(NPSPULSE_API_TOKEN=TOKEN)
 
+    def opened(events: list[dict]) -> list[dict]:
+        return [e for e in events if e.get("segment_id") == INCIDENT_SEGMENT and e.get("type") == "alert.opened"]
+
+    events = reader(deployment.names.alerts).read_until(lambda got: bool(opened(got)), timeout=240, alive=worker)
+    assert opened(events), deployment.log()[-4000:]
+    alert_id = opened(events)[0]["alert_id"]
+
     def incident_open(status: int, body: Any) -> bool:
         rows = {row["segment_id"]: row for row in body["segments"]} if status == 200 else {}
-        return (rows.get(INCIDENT_SEGMENT, {}).get("alert") or {}).get("state") == "open"
+        alert = rows.get(INCIDENT_SEGMENT, {}).get("alert") or {}
+        return alert.get("alert_id") == alert_id and alert.get("state") == "open"
 
-    status, body = poll(worker, "/api/segments", incident_open, timeout=240, token=TOKEN)
+    status, body = poll(worker, "/api/segments", incident_open, timeout=60, token=TOKEN)
     assert incident_open(status, body), (status, body, deployment.log()[-4000:])
     base = f"http://127.0.0.1:{web_port(worker)}"
 
@@ -122,7 +135,7 @@ def test_dashboard_shows_the_incident_live(deployment, browser, tmp_path: Path) 
     assert "ALERT" in badge and re.search(r"sev-[12]", badge), badge
     assert page.locator(f"{ROW}").get_attribute("data-alert") == "open"
 
-    card = page.locator(f'#alerts li.open[data-segment="{INCIDENT_SEGMENT}"]').first
+    card = page.locator(f'#alerts li.open[data-alert-id="{alert_id}"]')
     card.wait_for()
     evidence = card.inner_text()
     assert "OPEN" in evidence and INCIDENT_SEGMENT in evidence
