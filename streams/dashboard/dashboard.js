@@ -137,11 +137,13 @@
 
   // ------------------------------------------------------------------------------------------- charts
 
-  /* Runs of consecutive points that have an NPS (windows without answers break the line). */
+  /* Runs of adjacent windows that have an NPS: a window without answers, or a gap (windows never closed, e.g.
+     while no worker ran), breaks the line instead of drawing across it. */
   function runs(points) {
     var out = [], current = [];
     points.forEach(function (p) {
-      if (finite(p[5])) { current.push(p); } else if (current.length) { out.push(current); current = []; }
+      if (current.length && (!finite(p[5]) || p[0] !== current[current.length - 1][1])) { out.push(current); current = []; }
+      if (finite(p[5])) current.push(p);
     });
     if (current.length) out.push(current);
     return out;
