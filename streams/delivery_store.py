@@ -39,6 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 from processors.config import Config, KafkaSettings
 from processors.delivery import Cap, Decision, DeliverySettings, Outcome
 from processors.events import RetargetTrigger
+from streams import metrics
 from streams.outage import RETRY_SECONDS, OutageTracker
 
 log = logging.getLogger("npspulse.delivery")
@@ -227,9 +228,11 @@ class DeliveryStore:
                     await self._script(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except ResponseError as error:  # the transaction was refused as a whole (e.g. EXECABORT)
+            metrics.redis_error("delivery_store", error)
             log.error("Redis refused a delivery batch of %d triggers (%s); none sent", len(ids), _first_line(error))
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_ERROR) for trigger_id in ids]
         except _FAILURES as error:
+            metrics.redis_error("delivery_store", error)
             self.outage.failed(error)
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_UNAVAILABLE) for trigger_id in ids]
         self.outage.recovered()
@@ -295,6 +298,7 @@ def _cap_args(cap: Cap | None) -> tuple[int, int, str]:
 
 
 def _store_error(error: BaseException) -> DeliveryStoreError:
+    metrics.redis_error("delivery_store", error)
     if isinstance(error, ResponseError):
         return DeliveryStoreError(f"Redis refused the command ({_first_line(error)})")
     return DeliveryStoreError(f"Redis unreachable ({type(error).__name__})")

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from processors.windows import WindowResult
+from streams import metrics
 from streams.outage import RETRY_SECONDS, OutageTracker
 
 log = logging.getLogger("npspulse.redis")
@@ -75,6 +76,7 @@ class RedisStore:
                 pipe.hgetall(ATTRIBUTES_KEY.format(customer_id))
             replies = await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return None
         self.outage.recovered()
@@ -112,6 +114,7 @@ class RedisStore:
                 pipe.zremrangebyrank(history, 0, -WINDOW_HISTORY_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return
         self.outage.recovered()
@@ -133,6 +136,7 @@ class RedisStore:
             pipe.zremrangebyrank(ALERT_FEED_KEY, 0, -ALERT_FEED_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return
         self.outage.recovered()
@@ -142,6 +146,7 @@ class RedisStore:
         try:
             return sorted(await self._client.smembers(SEGMENT_INDEX_KEY))
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
 
     async def snapshots(self, segment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -153,6 +158,7 @@ class RedisStore:
                 pipe.hgetall(SEGMENT_KEY.format(segment_id))
             replies = await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return {segment_id: fields for segment_id, fields in zip(segment_ids, replies, strict=True) if fields}
 
@@ -161,6 +167,7 @@ class RedisStore:
         try:
             members = await self._client.zrevrange(WINDOW_HISTORY_KEY.format(segment_id), 0, limit - 1)
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]
 
@@ -171,5 +178,6 @@ class RedisStore:
             members = await self._client.zrevrangebyscore(
                 ALERT_FEED_KEY, "+inf", "-inf" if since_ms is None else since_ms, start=0, num=limit)
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]
