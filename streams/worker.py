@@ -34,7 +34,7 @@ def run_worker(config: Config, *, loglevel: str = "info", web_port: int | None =
     False), by a delivery policy in this worker's memory: caps and de-duplication are then per worker."""
     ensure_topics(config)  # before Faust: its consumer would let the broker auto-create them with 1 partition
     app = build_app(config, web_port=web_port, web_host=web_host, client_id=worker_id)
-    store = RedisStore(config.redis.url) if use_redis else None
+    store = RedisStore.from_config(config) if use_redis else None
     delivery = DeliveryStore.from_config(config) if use_redis else None
     Pipeline(app, config, store, delivery)
     register_api(app, config, store)
