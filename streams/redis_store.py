@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from processors.windows import WindowResult
 from streams import metrics
 from streams.delivery_store import namespace_for
 from streams.outage import RETRY_SECONDS, OutageTracker
+from streams.redis_connect import client_options
 
 log = logging.getLogger("npspulse.redis")
 
@@ -44,10 +46,11 @@ class StoreUnavailable(Exception):
 
 class RedisStore:
     def __init__(self, url: str, *, namespace: str = "npspulse", cache_seconds: float = CACHE_SECONDS,
-                 retry_seconds: float = RETRY_SECONDS) -> None:
+                 retry_seconds: float = RETRY_SECONDS, options: Mapping[str, Any] | None = None) -> None:
+        """``options``: connection options (password, TLS) from ``redis_connect.client_options``."""
         self.namespace = namespace
         self._client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                                               decode_responses=True, health_check_interval=10)
+                                               decode_responses=True, health_check_interval=10, **(options or {}))
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
         self._cache_seconds = cache_seconds
         self.outage = OutageTracker(log, "Redis unreachable (%s); continuing with partial enrichment until it returns",
@@ -55,8 +58,9 @@ class RedisStore:
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: float) -> RedisStore:
-        """The store of a deployment: ``redis.url`` and the namespace of ``kafka.topic_prefix``."""
-        return cls(config.redis.url, namespace=namespace_for(config.kafka), **kwargs)
+        """The store of a deployment: the [redis] connection and the namespace of ``kafka.topic_prefix``."""
+        return cls(config.redis.url, namespace=namespace_for(config.kafka), options=client_options(config.redis),
+                   **kwargs)
 
     @property
     def available(self) -> bool:
