@@ -100,7 +100,7 @@ def timed(stage: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Await
 
 
 class ConsumerLag(Collector):
-    """``npspulse_consumer_lag{topic,partition}`` at scrape time: the partition's highwater minus the position
+    """``npspulse_consumer_lag{topic,partition}`` at scrape time, for the agents' topics: highwater minus position
     (the offset after the last record Faust handed to an agent; before any, the committed offset)."""
 
     def __init__(self, app: faust.App) -> None:
@@ -115,14 +115,18 @@ class ConsumerLag(Collector):
 
 
 def consumer_lag(app: faust.App) -> dict[Any, int]:
-    """Lag per assigned partition whose highwater and position are known (empty before the consumer runs)."""
+    """Lag per assigned partition of the topics the agents read (not the tables' changelogs, which the consumer
+    stops reading once recovered) whose highwater and position are known; empty before the consumer runs."""
     consumer = app.consumer
     try:
         assigned = consumer.assignment()
     except Exception:  # not started yet
         return {}
+    topics = {topic for agent in app.agents.values() for topic in getattr(agent.channel, "topics", ())}
     lags = {}
     for tp in assigned:
+        if tp.topic not in topics:
+            continue
         try:
             highwater = consumer.highwater(tp)
         except Exception:  # not fetched yet, or mid-rebalance

@@ -120,6 +120,7 @@ def test_metrics_count_what_was_fed_and_published(deployment, reader, tmp_path: 
     lag = by(found, "npspulse_consumer_lag", "topic", "partition")
     assert {(names.surveys, str(p)) for p in range(3)} <= lag.keys()
     assert all(lag[(names.surveys, str(p))] == 0 for p in range(3))
+    assert {topic for topic, _ in lag} == {names.surveys, names.purchases, names.segment_slices}  # no changelogs
     assert by(found, "faust_messages_received_total")[()] >= sum(expected_in.values())
 
     # bounded labels: no customer id, no segment id (the incident's), no event id
