@@ -53,7 +53,15 @@ class KafkaSettings:
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """Redis connection: the URL (may carry a password), or a password from the environment
+    (NPSPULSE_REDIS_PASSWORD, never from the file) or a secrets file; TLS with ``rediss://`` and a CA file."""
+
     url: str = field(default="redis://localhost:6379/0", repr=False)
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,11 +528,28 @@ def _worker(section: Mapping[str, Any]) -> WorkerSettings:
 
 
 def _redis(section: Mapping[str, Any]) -> RedisSettings:
-    _known_keys(section, ("url",), "redis")
+    files = ("password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    if "password" in section:
+        raise ConfigError("redis.password", "secrets do not belong in the config file",
+                          "set NPSPULSE_REDIS_PASSWORD in the environment, or redis.password_file to a secrets file")
+    _known_keys(section, ("url", *files), "redis")
     url = _string(section, "url", "redis", RedisSettings().url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url", "not a Redis URL", "use redis://host:port/db (or rediss:// for TLS)")
-    return RedisSettings(url=url)
+    settings = RedisSettings(url=url, **{key: _string(section, key, "redis", "") for key in files if key in section})
+    return check_redis_settings(settings)
+
+
+def check_redis_settings(settings: RedisSettings) -> RedisSettings:
+    """TLS files only with a ``rediss://`` URL, a key only with its certificate (also after env overrides)."""
+    tls_files = [key for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(settings, key)]
+    if tls_files and not settings.url.startswith("rediss://"):
+        raise ConfigError(f"redis.{tls_files[0]}", "set but redis.url is not a TLS URL",
+                          "use rediss://host:port/db to connect with TLS")
+    if settings.ssl_keyfile and not settings.ssl_certfile:
+        raise ConfigError("redis.ssl_keyfile", "set without ssl_certfile",
+                          "set ssl_certfile to the client certificate (PEM) the key belongs to")
+    return settings
 
 
 # ---------------------------------------------------------------- helpers

@@ -266,7 +266,7 @@ def _load_customers(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     try:
-        count = load_customers(args.file, config.redis.url)
+        count = load_customers(args.file, config.redis)
     except CustomerFileError as error:
         print(f"npspulse load-customers: {error}", file=sys.stderr)
         return 2

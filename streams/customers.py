@@ -10,7 +10,9 @@ from pathlib import Path
 import orjson
 import redis
 
+from processors.config import RedisSettings
 from processors.events import MAX_ID_CHARS
+from streams.redis_connect import client_options
 from streams.redis_store import ATTRIBUTES_KEY
 
 BATCH = 1000
@@ -48,8 +50,8 @@ def read_customers(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             yield customer_id, data
 
 
-def load_customers(path: Path, url: str) -> int:
-    client = redis.Redis.from_url(url)
+def load_customers(path: Path, settings: RedisSettings) -> int:
+    client = redis.Redis.from_url(settings.url, **client_options(settings))
     count = 0
     pipe = client.pipeline(transaction=False)
     for customer_id, attributes in read_customers(path):

@@ -34,7 +34,8 @@ caller must not send those triggers; it may retry them later. After a failure, c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -42,7 +43,9 @@ from redis.exceptions import RedisError, ResponseError
 from processors.config import Config, KafkaSettings
 from processors.delivery import PRIORITIES, Cap, Decision, DeliverySettings, Outcome, priority_bands
 from processors.events import RetargetTrigger
+from streams import metrics
 from streams.outage import RETRY_SECONDS, OutageTracker
+from streams.redis_connect import client_options, refused_credentials
 
 log = logging.getLogger("npspulse.delivery")
 
@@ -155,12 +158,14 @@ class DeliveryStore:
     """The delivery policy in Redis for any number of concurrent workers (see the module docstring)."""
 
     def __init__(self, url: str, settings: DeliverySettings, *, namespace: str = "npspulse",
-                 retry_seconds: float = RETRY_SECONDS, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> None:
+                 retry_seconds: float = RETRY_SECONDS, socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+                 options: Mapping[str, Any] | None = None) -> None:
+        """``options``: connection options (password, TLS) from ``redis_connect.client_options``."""
         self.settings = settings
         self.namespace = namespace
         self._client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout,
                                                socket_connect_timeout=socket_timeout, decode_responses=True,
-                                               health_check_interval=10)
+                                               health_check_interval=10, **(options or {}))
         self._script = self._client.register_script(ADMIT_SCRIPT)
         self.outage = OutageTracker(log, "Redis unreachable (%s): triggers are held back as undelivered until it returns",
                                     "Redis reachable again after %.0f s; trigger delivery resumed", retry_seconds=retry_seconds)
@@ -168,9 +173,10 @@ class DeliveryStore:
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: float) -> DeliveryStore:
-        """The store of a deployment: ``redis.url`` (or NPSPULSE_REDIS_URL), the [delivery] settings, and
-        the namespace of ``kafka.topic_prefix`` (or NPSPULSE_KAFKA_TOPIC_PREFIX)."""
-        return cls(config.redis.url, config.delivery, namespace=namespace_for(config.kafka), **kwargs)
+        """The store of a deployment: the [redis] connection (URL, password, TLS), the [delivery] settings,
+        and the namespace of ``kafka.topic_prefix`` (or NPSPULSE_KAFKA_TOPIC_PREFIX)."""
+        return cls(config.redis.url, config.delivery, namespace=namespace_for(config.kafka),
+                   options=client_options(config.redis), **kwargs)
 
     @property
     def available(self) -> bool:
@@ -238,9 +244,11 @@ class DeliveryStore:
                     await self._script(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except ResponseError as error:  # the transaction was refused as a whole (e.g. EXECABORT)
+            metrics.redis_error("delivery_store", error)
             log.error("Redis refused a delivery batch of %d triggers (%s); none sent", len(ids), _first_line(error))
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_ERROR) for trigger_id in ids]
         except _FAILURES as error:
+            metrics.redis_error("delivery_store", error)
             self.outage.failed(error)
             return [Decision(trigger_id, Outcome.UNDELIVERED, REDIS_UNAVAILABLE) for trigger_id in ids]
         self.outage.recovered()
@@ -306,6 +314,10 @@ def _cap_args(cap: Cap | None) -> tuple[int, int, str]:
 
 
 def _store_error(error: BaseException) -> DeliveryStoreError:
+    metrics.redis_error("delivery_store", error)
+    if refused_credentials(error):
+        return DeliveryStoreError(f"Redis refused the credentials ({type(error).__name__}): check the password in "
+                                  "redis.url, NPSPULSE_REDIS_PASSWORD or redis.password_file")
     if isinstance(error, ResponseError):
         return DeliveryStoreError(f"Redis refused the command ({_first_line(error)})")
     return DeliveryStoreError(f"Redis unreachable ({type(error).__name__})")

@@ -2,8 +2,8 @@
 secrets masked: what `npspulse check-config` prints.
 
 The output loads again with ``load_config`` and gives the same settings, except that masked secrets stay
-masked: the SASL password is shown only as a comment (the file format refuses it), and a password inside
-a URL is replaced by ``********``.
+masked: the SASL and Redis passwords are shown only as comments (the file format refuses them), and a
+password inside a URL is replaced by ``********``. Paths of secrets files are shown.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a setting's name says it holds a secret (password, secret, token)."""
-    return bool(_SECRET_KEY.search(key))
+    """Whether a setting's name says it holds a secret (password, secret, token); a ``*_file`` setting holds
+    the path of one (shown), not the secret."""
+    return bool(_SECRET_KEY.search(key)) and not key.endswith("_file")
 
 
 def mask_url(text: str) -> str:
@@ -91,7 +92,8 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
         "audience_retention": _duration(delivery.audience_retention_ms)})
     kafka = {key: value for key, value in _generic(config.kafka).items() if value is not None}
     lines += _section("kafka", kafka, from_env={key: name for (sec, key), name in from_env.items() if sec == "kafka"})
-    lines += _section("redis", {"url": config.redis.url}, from_env={"url": from_env.get(("redis", "url"))})
+    redis = {key: value for key, value in _generic(config.redis).items() if value is not None}
+    lines += _section("redis", redis, from_env={key: name for (sec, key), name in from_env.items() if sec == "redis"})
     lines += _section("worker", _generic(config.worker))
     return "\n".join(lines)
 

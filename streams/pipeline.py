@@ -46,6 +46,7 @@ from processors.segments import Hierarchy
 from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer
+from streams import metrics
 from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
 from streams.topics import TopicNames
@@ -196,6 +197,7 @@ class Pipeline:
             self._purchase_seen[message.partition] = time.monotonic()
             self._purchase_offsets[message.partition] = message.offset
             self._held_purchases.append(event)
+            metrics.EVENTS_IN.labels(message.topic).inc()
             try:
                 purchase = parse_event(event.value, self._bounds(), expected_type="purchase",
                                        default_time_ms=int(message.timestamp * 1000))
@@ -264,6 +266,7 @@ class Pipeline:
         message = event.message
         self._last_record[message.partition] = time.monotonic()
         self._survey_offsets[message.partition] = message.offset
+        metrics.EVENTS_IN.labels(message.topic).inc()
         try:
             answer = parse_event(event.value, self._bounds(), expected_type="survey")
             refuse_duplicate(self._recent_events(message.tp), answer)
@@ -349,6 +352,7 @@ class Pipeline:
             self.survey_runs[self._partition_key(b"survey-runs", partition)] = list(ends)
         await self.app.producer.flush()
 
+    @metrics.timed("answers")
     async def _process_answers(self, runs: list[list[PendingAnswer]]) -> None:
         """Forward runs of answers (one run per survey partition) as segment slices and triggers; acknowledge
         the answers once all of it is delivered. Each slice record names its run, (survey partition, last
@@ -484,6 +488,7 @@ class Pipeline:
         async for batch in stream.take_events(BATCH_SIZE, within=BATCH_SECONDS):
             await self.handle_slices(batch)
 
+    @metrics.timed("slices")
     async def handle_slices(self, batch: Sequence[EventT]) -> None:
         touched: dict[int, set[str]] = {}
         assigned = self.app.consumer.assignment()
@@ -527,6 +532,7 @@ class Pipeline:
                     if not stage.owns(segment_id):
                         continue  # a replica: the owner partition reports it
                     self.counters["late_answers"] += counts.total
+                    metrics.LATE.inc(counts.total)
                     await self.send_dead_letter(message, "answered_at", (
                         f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they "
                         "arrived (beyond the grace period)"), value=orjson.dumps(
@@ -605,11 +611,13 @@ class Pipeline:
 
     async def _publish(self, out: Outputs) -> None:
         self.counters["windows"] += len(out.windows)
+        metrics.windows_closed(out.windows)
         for window in out.windows:
             await self.windows.send(key=window.segment_id.encode(), value=orjson.dumps(window.to_dict()))
         records = [alert.to_dict() for alert in out.alerts]
         for alert, record in zip(out.alerts, records, strict=True):
             await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(record))
+        metrics.alerts_published(records)
         self.counters["alerts"] += sum(1 for alert in out.alerts if alert.kind == "opened")
         await self._send_triggers(out.triggers, False)
         if self.store and out.windows:
@@ -629,6 +637,7 @@ class Pipeline:
             decisions = self.delivery.admit_all(triggers)
         else:
             decisions = await self.delivery.admit(triggers)
+        metrics.triggers_decided(triggers, decisions)
         sent = []
         for trigger, decision in zip(triggers, decisions, strict=True):
             if not decision.sent:
@@ -643,6 +652,7 @@ class Pipeline:
     async def send_dead_letter(self, message: Message, field: str, reason: str, *, value: bytes | None = None) -> None:
         """The message's bytes (or ``value``: the offending part of it) with the reason and its source."""
         self.counters["dead_letters"] += 1
+        metrics.dead_lettered(message.topic, field, reason)
         headers = [("npspulse.reason", reason.encode()), ("npspulse.field", field.encode()),
                    ("npspulse.source.topic", message.topic.encode()),
                    ("npspulse.source.partition", str(message.partition).encode()),

@@ -6,6 +6,11 @@ One connection pool; one pipelined round trip per batch, never per event; a shor
 attributes. If Redis is unreachable the store degrades instead of failing: lookups return nothing (the
 caller marks its output ``enrichment: "partial"``), writes are skipped, and the outage is logged once,
 not per event. Calls are retried after a short back-off, so full service resumes when Redis returns.
+
+Snapshots, window history and the alert feed live under the deployment's namespace (its topic prefix, as in
+streams/delivery_store.py: ``npspulse`` for ``npspulse.``), so deployments sharing a Redis never collide:
+``{ns}:segment:{segment}``, ``{ns}:segments``, ``{ns}:windows:{segment}``, ``{ns}:alerts``. Customer
+attributes (``npspulse:customer:{id}``) are customer facts, shared by every deployment.
 """
 
 from __future__ import annotations
@@ -13,22 +18,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from processors.config import Config
 from processors.windows import WindowResult
+from streams import metrics
+from streams.delivery_store import namespace_for
 from streams.outage import RETRY_SECONDS, OutageTracker
+from streams.redis_connect import client_options
 
 log = logging.getLogger("npspulse.redis")
 
-ATTRIBUTES_KEY = "npspulse:customer:{}"
-SEGMENT_KEY = "npspulse:segment:{}"
-SEGMENT_INDEX_KEY = "npspulse:segments"
-ALERT_FEED_KEY = "npspulse:alerts"
+ATTRIBUTES_KEY = "npspulse:customer:{}"  # customer master data, shared by every deployment (load-customers)
 ALERT_FEED_SIZE = 10_000
-WINDOW_HISTORY_KEY = "npspulse:windows:{}"
 WINDOW_HISTORY_SIZE = 288  # a day of 5-minute windows
 CACHE_SECONDS = 60.0
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -39,17 +45,42 @@ class StoreUnavailable(Exception):
 
 
 class RedisStore:
-    def __init__(self, url: str, *, cache_seconds: float = CACHE_SECONDS, retry_seconds: float = RETRY_SECONDS) -> None:
+    def __init__(self, url: str, *, namespace: str = "npspulse", cache_seconds: float = CACHE_SECONDS,
+                 retry_seconds: float = RETRY_SECONDS, options: Mapping[str, Any] | None = None) -> None:
+        """``options``: connection options (password, TLS) from ``redis_connect.client_options``."""
+        self.namespace = namespace
         self._client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                                               decode_responses=True, health_check_interval=10)
+                                               decode_responses=True, health_check_interval=10, **(options or {}))
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
         self._cache_seconds = cache_seconds
         self.outage = OutageTracker(log, "Redis unreachable (%s); continuing with partial enrichment until it returns",
                                     "Redis reachable again after %.0f s; full enrichment resumed", retry_seconds=retry_seconds)
 
+    @classmethod
+    def from_config(cls, config: Config, **kwargs: float) -> RedisStore:
+        """The store of a deployment: the [redis] connection and the namespace of ``kafka.topic_prefix``."""
+        return cls(config.redis.url, namespace=namespace_for(config.kafka), options=client_options(config.redis),
+                   **kwargs)
+
     @property
     def available(self) -> bool:
         return self.outage.available
+
+    # ------------------------------------------------------------ keys
+
+    def segment_key(self, segment_id: str) -> str:
+        return f"{self.namespace}:segment:{segment_id}"
+
+    @property
+    def segment_index_key(self) -> str:
+        return f"{self.namespace}:segments"
+
+    def window_history_key(self, segment_id: str) -> str:
+        return f"{self.namespace}:windows:{segment_id}"
+
+    @property
+    def alert_feed_key(self) -> str:
+        return f"{self.namespace}:alerts"
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -75,6 +106,7 @@ class RedisStore:
                 pipe.hgetall(ATTRIBUTES_KEY.format(customer_id))
             replies = await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return None
         self.outage.recovered()
@@ -104,14 +136,15 @@ class RedisStore:
                 baseline = spike_states.get(result.segment_id)
                 if baseline:
                     fields.update({f"baseline.{k}": str(v) for k, v in baseline.items()})
-                pipe.hset(SEGMENT_KEY.format(result.segment_id), mapping=fields)
-                pipe.sadd(SEGMENT_INDEX_KEY, result.segment_id)
-                history = WINDOW_HISTORY_KEY.format(result.segment_id)
+                pipe.hset(self.segment_key(result.segment_id), mapping=fields)
+                pipe.sadd(self.segment_index_key, result.segment_id)
+                history = self.window_history_key(result.segment_id)
                 pipe.zremrangebyscore(history, result.start, result.start)
                 pipe.zadd(history, {orjson.dumps(result.to_dict()): result.start})
                 pipe.zremrangebyrank(history, 0, -WINDOW_HISTORY_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return
         self.outage.recovered()
@@ -126,13 +159,14 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for record in records:
                 state = "resolved" if record["type"] == "alert.resolved" else "open"
-                pipe.hset(SEGMENT_KEY.format(record["segment_id"]), mapping={
+                pipe.hset(self.segment_key(record["segment_id"]), mapping={
                     "alert.state": state, "alert.id": record["alert_id"], "alert.severity": record["severity"],
                     "alert.incident": record["incident_id"], "alert.at": str(record["at"])})
-                pipe.zadd(ALERT_FEED_KEY, {orjson.dumps(record): record["at"]})
-            pipe.zremrangebyrank(ALERT_FEED_KEY, 0, -ALERT_FEED_SIZE - 1)
+                pipe.zadd(self.alert_feed_key, {orjson.dumps(record): record["at"]})
+            pipe.zremrangebyrank(self.alert_feed_key, 0, -ALERT_FEED_SIZE - 1)
             await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             self.outage.failed(error)
             return
         self.outage.recovered()
@@ -140,8 +174,9 @@ class RedisStore:
     async def segment_ids(self) -> list[str]:
         """Every segment with a snapshot, sorted. Raises StoreUnavailable."""
         try:
-            return sorted(await self._client.smembers(SEGMENT_INDEX_KEY))
+            return sorted(await self._client.smembers(self.segment_index_key))
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
 
     async def snapshots(self, segment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -150,17 +185,19 @@ class RedisStore:
         try:
             pipe = self._client.pipeline(transaction=False)
             for segment_id in segment_ids:
-                pipe.hgetall(SEGMENT_KEY.format(segment_id))
+                pipe.hgetall(self.segment_key(segment_id))
             replies = await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return {segment_id: fields for segment_id, fields in zip(segment_ids, replies, strict=True) if fields}
 
     async def window_history(self, segment_id: str, limit: int = WINDOW_HISTORY_SIZE) -> list[dict]:
         """A segment's recent closed windows (as on the windows topic), newest first. Raises StoreUnavailable."""
         try:
-            members = await self._client.zrevrange(WINDOW_HISTORY_KEY.format(segment_id), 0, limit - 1)
+            members = await self._client.zrevrange(self.window_history_key(segment_id), 0, limit - 1)
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]
 
@@ -171,9 +208,10 @@ class RedisStore:
         try:
             pipe = self._client.pipeline(transaction=False)
             for segment_id in segment_ids:
-                pipe.zrevrange(WINDOW_HISTORY_KEY.format(segment_id), 0, limit - 1)
+                pipe.zrevrange(self.window_history_key(segment_id), 0, limit - 1)
             replies = await pipe.execute()
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return {segment_id: [orjson.loads(member) for member in members]
                 for segment_id, members in zip(segment_ids, replies, strict=True)}
@@ -183,7 +221,8 @@ class RedisStore:
         Raises StoreUnavailable."""
         try:
             members = await self._client.zrevrangebyscore(
-                ALERT_FEED_KEY, "+inf", "-inf" if since_ms is None else since_ms, start=0, num=limit)
+                self.alert_feed_key, "+inf", "-inf" if since_ms is None else since_ms, start=0, num=limit)
         except _FAILURES as error:
+            metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]

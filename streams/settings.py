@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from processors.config import Config, ConfigError, config_from_dict
+from processors.config import Config, ConfigError, check_redis_settings, config_from_dict
 
 LOCAL_CONFIG = Path("npspulse.toml")
 ENV_OVERRIDES = {
@@ -19,6 +19,8 @@ ENV_OVERRIDES = {
     "NPSPULSE_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
     "NPSPULSE_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
     "NPSPULSE_REDIS_URL": ("redis", "url"),
+    "NPSPULSE_REDIS_PASSWORD": ("redis", "password"),
+    "NPSPULSE_REDIS_PASSWORD_FILE": ("redis", "password_file"),
 }
 
 
@@ -51,4 +53,4 @@ def apply_env(config: Config, environ: Mapping[str, str]) -> Config:
         value = environ.get(variable)
         if value:
             sections[section] = dataclasses.replace(sections[section], **{field: value})
-    return dataclasses.replace(config, kafka=sections["kafka"], redis=sections["redis"])
+    return dataclasses.replace(config, kafka=sections["kafka"], redis=check_redis_settings(sections["redis"]))

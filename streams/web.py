@@ -2,7 +2,8 @@
 
 Segments and alerts are read from Redis (the snapshots every worker writes), so any worker answers for every
 segment. With ``NPSPULSE_API_TOKEN`` set, every route but ``/health``, ``/ready`` and the dashboard page ``/`` (static,
-no data: its script calls the API with the token) needs ``Authorization: Bearer <token>``.
+no data: its script calls the API with the token) needs ``Authorization: Bearer <token>``, ``/metrics`` (Prometheus
+text format, streams/metrics.py) included.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiohttp.web import Response as AiohttpResponse
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
@@ -25,6 +27,7 @@ from faust.web import Request, Response, View
 from processors.config import Config
 from processors.nps import nps_interval
 from processors.timeparse import format_rfc3339_ms, parse_rfc3339_ms
+from streams import metrics
 from streams.dashboard import content_security_policy, render_page
 from streams.dashboard.model import with_history
 from streams.redis_store import WINDOW_HISTORY_SIZE, RedisStore, StoreUnavailable
@@ -322,3 +325,11 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
             limit = parse_limit(request.query.get("limit"))
             alerts = await self.redis().recent_alerts(since, limit)
             return self.reply({"alerts": alerts, "count": len(alerts)})
+
+    metrics.install(app)
+
+    @app.page("/metrics", base=ApiView, name="npspulse-metrics")
+    class Metrics(ApiView):
+        async def get(self, request: Request) -> Response:
+            body, content_type = metrics.exposition()
+            return AiohttpResponse(body=body, headers={"Content-Type": content_type})  # type: ignore[return-value]

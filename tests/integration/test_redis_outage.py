@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from processors.config import RedisSettings
 from streams.client import produce_files
 from streams.customers import load_customers
 from streams.settings import load_config
@@ -118,7 +119,7 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
         triggers.read_until(lambda got: wanted <= {t["event_id"] for t in got}, timeout=60, alive=worker)
         return [t for t in triggers.records if t["event_id"] in {r["event_id"] for r in rows}]
 
-    assert load_customers(customers, private_redis.url) == 600
+    assert load_customers(customers, RedisSettings(url=private_redis.url)) == 600
     produce_files([phases[0][0]], deployment.config, progress=False)
     worker = deployment.start_worker()
 
@@ -143,7 +144,7 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
 
     # Redis back: full enrichment resumes.
     private_redis.start()
-    assert load_customers(customers, private_redis.url) == 600
+    assert load_customers(customers, RedisSettings(url=private_redis.url)) == 600
     time.sleep(3)  # past the store's retry back-off
     produce_files([phases[2][0]], deployment.config, progress=False)
     got = wait_for(phases[2][1])

@@ -20,15 +20,7 @@ from processors.nps import NpsCounts
 from processors.timeparse import format_rfc3339_ms
 from processors.windows import WindowResult
 from streams.client import produce_files
-from streams.redis_store import (
-    ALERT_FEED_KEY,
-    SEGMENT_INDEX_KEY,
-    SEGMENT_KEY,
-    WINDOW_HISTORY_KEY,
-    WINDOW_HISTORY_SIZE,
-    RedisStore,
-    StoreUnavailable,
-)
+from streams.redis_store import WINDOW_HISTORY_SIZE, RedisStore, StoreUnavailable
 from streams.simulate import SimulationSettings, parse_incident, simulate_to_file
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -175,9 +167,9 @@ def test_store_reads_for_the_api(redis_url: str) -> None:
             assert [a["id"] for a in await store.recent_alerts(10**15 + 1, 10)] == [events[1]["id"]]
             assert [a["id"] for a in await store.recent_alerts(10**15, 10)] == [events[1]["id"], events[0]["id"]]
             assert len(await store.recent_alerts(None, 1)) == 1
-            await store._client.zrem(ALERT_FEED_KEY, *(orjson.dumps(e) for e in events))
-            await store._client.delete(SEGMENT_KEY.format(segment), WINDOW_HISTORY_KEY.format(segment))
-            await store._client.srem(SEGMENT_INDEX_KEY, segment)
+            await store._client.zrem(store.alert_feed_key, *(orjson.dumps(e) for e in events))
+            await store._client.delete(store.segment_key(segment), store.window_history_key(segment))
+            await store._client.srem(store.segment_index_key, segment)
         finally:
             await store.close()
         with socket.socket() as sock:  # a port nothing listens on
