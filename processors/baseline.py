@@ -19,20 +19,33 @@ parent's estimate (None without a parent: warming up). q0 is clamped to [0.005, 
 Traffic r (answers per 5-minute window) = sum N / (288 x days covered), the days covered weighted like the
 counts: the time from the first slice's start to the latest slice's end, each UTC day of it weighted by
 lambda^(days before the latest slice's day). Idle and frozen time counts as covered time with no answers.
+
+Window-level overdispersion (:meth:`HourlyBaseline.dispersion`): the slices it learns are grouped into aligned
+five-minute windows. A window of n >= 2 answers, d detractors, is compared with its hour's share q = D[h]/N[h]
+as it stood before the window (v = q (1 - q)). If the window's share is Beta with mean q and
+1/(kappa + 1) = rho, E[(d - n q)^2] = n v + n (n - 1) v rho + n^2 Var(q); so (method of moments) the decayed
+sums A += (d - n q)^2 - n v - n^2 v / N[h] and B += n (n - 1) v give rho = A / B. The null variance of a
+term, n v + (2 n^2 - 6 n) v^2 (binomial fourth moment), is summed with squared weights in V, and the estimate
+is shrunk to rho = max(0, A - z sqrt(V)) / B (z = ``dispersion_z``): a segment without extra dispersion keeps
+rho = 0 unless its noise is z standard errors high. Deviations are taken from the hour-of-day share, so a
+daily cycle is not mistaken for dispersion. A, B decay by lambda per day like the counts, V by lambda^2.
 Pure computation: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.cusum import MAX_DISPERSION
 from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
 
 HOURS = 24
 WINDOWS_PER_DAY = 288  # five-minute windows
 Estimate = tuple[float, float]  # (share for an hour, all-hours level), before clamping
 SLICE_MS = MINUTE_MS
+WINDOW_MS = DAY_MS // WINDOWS_PER_DAY
 MIN_SHARE, MAX_SHARE = 0.005, 0.95
 
 
@@ -41,6 +54,7 @@ class BaselineSettings:
     horizon_days: float = 28.0
     min_history: float = 1000.0
     shrinkage: float = 300.0
+    dispersion_z: float = 1.0  # standard errors taken off the overdispersion estimate (inf: never correct)
 
     def __post_init__(self) -> None:
         if not self.horizon_days > 1.0:
@@ -49,6 +63,8 @@ class BaselineSettings:
             raise ValueError(f"min_history {self.min_history} must be >= 0")
         if not self.shrinkage >= 0.0:
             raise ValueError(f"shrinkage {self.shrinkage} must be >= 0")
+        if not self.dispersion_z >= 0.0:
+            raise ValueError(f"dispersion_z {self.dispersion_z} must be >= 0")
 
     @property
     def decay(self) -> float:
@@ -72,7 +88,9 @@ def clamp_share(q: float) -> float:
 class HourlyBaseline:
     """Decayed answer, detractor and promoter counts per UTC hour, and the first and latest slice fed (epoch ms).
 
-    Promoters only feed the baseline NPS that alerts report; detection uses answers and detractors.
+    Promoters only feed the baseline NPS that alerts report; detection uses answers and detractors. ``window``
+    is the open five-minute window [start, answers, detractors, hour share before it, hour answers before it]
+    and ``dispersion`` the decayed sums [A, B, V] of the overdispersion estimate (module docstring).
     """
 
     n: list[float] = field(default_factory=lambda: [0.0] * HOURS)
@@ -80,6 +98,8 @@ class HourlyBaseline:
     first_ms: int | None = None
     last_ms: int | None = None
     p: list[float] = field(default_factory=lambda: [0.0] * HOURS)
+    window: list[float] | None = None
+    dispersion: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
     def update(self, slice_start_ms: int, n: int, d: int, settings: BaselineSettings = DEFAULT_BASELINE,
                promoters: int = 0) -> None:
@@ -87,22 +107,54 @@ class HourlyBaseline:
         them (slices in time order)."""
         if n < 0 or not 0 <= d <= n or not 0 <= promoters <= n - d:
             raise ValueError(f"need 0 <= detractors + promoters <= answers, got {d} + {promoters} of {n}")
+        window_start = slice_start_ms - slice_start_ms % WINDOW_MS
         if self.last_ms is None:
             self.first_ms = slice_start_ms
         else:
             if slice_start_ms < self.last_ms:
                 raise ValueError(f"slice at {slice_start_ms} is older than the latest one at {self.last_ms}")
+            if self.window is not None and self.window[0] != window_start:
+                self._close_window()
             days = slice_start_ms // DAY_MS - self.last_ms // DAY_MS
             if days:
                 factor = settings.decay**days
                 self.n = [x * factor for x in self.n]
                 self.d = [x * factor for x in self.d]
                 self.p = [x * factor for x in self.p]
+                a, b, v = self.dispersion
+                self.dispersion = [a * factor, b * factor, v * (factor * factor)]
         hour = hour_of(slice_start_ms)
+        if self.window is None:
+            self.window = [window_start, 0, 0, self.d[hour] / self.n[hour] if self.n[hour] > 0.0 else -1.0,
+                           self.n[hour]]
+        self.window[1] += n
+        self.window[2] += d
         self.n[hour] += n
         self.d[hour] += d
         self.p[hour] += promoters
         self.last_ms = slice_start_ms
+
+    def _close_window(self) -> None:
+        """Add the open window's terms to the overdispersion sums (module docstring) and close it."""
+        assert self.window is not None
+        _, n, d, q, hour_n = self.window
+        self.window = None
+        v = q * (1.0 - q)
+        if n < 2 or not v > 0.0:
+            return
+        dev = d - n * q
+        a, b, var = self.dispersion
+        a += dev * dev - n * v - n * n * v / hour_n
+        b += n * (n - 1) * v
+        var += n * v + (2 * n * n - 6 * n) * (v * v)
+        self.dispersion = [a, b, var]
+
+    def rho(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
+        """The shrunk between-window dispersion rho = 1/(kappa + 1) of the detractor share (0: none), <= 0.2."""
+        a, b, v = self.dispersion
+        if not b > 0.0:
+            return 0.0
+        return min(max(0.0, a - settings.dispersion_z * math.sqrt(v)) / b, MAX_DISPERSION)
 
     @property
     def history(self) -> float:
@@ -157,7 +209,8 @@ class HourlyBaseline:
         return self.history / (days * WINDOWS_PER_DAY) if days > 0.0 else 0.0
 
     def to_list(self) -> list[Any]:
-        return [list(self.n), list(self.d), self.first_ms, self.last_ms, list(self.p)]
+        return [list(self.n), list(self.d), self.first_ms, self.last_ms, list(self.p),
+                None if self.window is None else list(self.window), list(self.dispersion)]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> HourlyBaseline:
@@ -165,7 +218,12 @@ class HourlyBaseline:
         p = data[4] if len(data) > 4 else [0.0] * HOURS
         if len(n) != HOURS or len(d) != HOURS or len(p) != HOURS:
             raise ValueError(f"baseline state needs {HOURS} hourly counts, got {len(n)}, {len(d)} and {len(p)}")
-        return cls([float(x) for x in n], [float(x) for x in d], first_ms, last_ms, [float(x) for x in p])
+        window = data[5] if len(data) > 5 else None
+        dispersion = data[6] if len(data) > 6 else [0.0, 0.0, 0.0]
+        if window is not None:
+            window = [int(window[0]), int(window[1]), int(window[2]), float(window[3]), float(window[4])]
+        return cls([float(x) for x in n], [float(x) for x in d], first_ms, last_ms, [float(x) for x in p], window,
+                   [float(x) for x in dispersion])
 
 
 def covered_days(first_ms: int, last_ms: int, decay: float) -> float:

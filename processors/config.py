@@ -240,8 +240,8 @@ def _windows(section: Mapping[str, Any]) -> WindowSettings:
 def _detection(section: Mapping[str, Any], windows: WindowSettings) -> DetectionSettings:
     where = "detection"
     _known_keys(section, ("segments", "false_alerts_per_day", "shifts_pp", "baseline_horizon", "min_history",
-                          "shrinkage", "baseline_delay", "sev1_rise_pp", "resolve_margin_pp", "resolve_window", "min_open",
-                          "drivers"),
+                          "shrinkage", "dispersion_z", "baseline_delay", "sev1_rise_pp", "resolve_margin_pp",
+                          "resolve_window", "min_open", "drivers"),
                 where)
     defaults = DetectionSettings()
     if windows.slice_ms != MINUTE_MS:
@@ -259,7 +259,10 @@ def _detection(section: Mapping[str, Any], windows: WindowSettings) -> Detection
                                 min_history=_number(section, "min_history", where, defaults.baseline.min_history,
                                                     "e.g. 1000 (answers)", minimum=0.0),
                                 shrinkage=_number(section, "shrinkage", where, defaults.baseline.shrinkage,
-                                                  "e.g. 300 (pseudo-answers at the parent's share)", minimum=0.0))
+                                                  "e.g. 300 (pseudo-answers at the parent's share)", minimum=0.0),
+                                dispersion_z=_number(section, "dispersion_z", where, defaults.baseline.dispersion_z,
+                                                     "e.g. 1 (standard errors; a large value such as 1e9 turns the "
+                                                     "overdispersion correction off)", minimum=0.0))
     return DetectionSettings(
         segments=_int(section, "segments", where, defaults.segments, minimum=1),
         false_alerts_per_day=budget,

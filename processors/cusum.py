@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import lapack
+from scipy.optimize import brentq
+from scipy.special import hyp1f1
 
 _dgbsv = lapack.dgbsv
 
@@ -350,3 +352,76 @@ def fleet_arl0_answers(answers_per_window: float, segments: int, false_alerts_pe
     if cusums_per_segment < 1:
         raise ValueError(f"CUSUMs per segment {cusums_per_segment} must be >= 1")
     return cusums_per_segment * answers_per_window * segments * windows_per_day / false_alerts_per_day
+
+
+# --- window-level overdispersion ----------------------------------------------------------------------------
+
+DISPERSION_GRID_PER_OCTAVE = 8
+MAX_DISPERSION = 0.2  # rho = 1/(kappa + 1) above this (kappa < 4) is taken as 0.2
+
+
+def grid_up(x: float, per_octave: int) -> int:
+    """The index k of the smallest grid point 2^(k/per_octave) at or above x > 0."""
+    k = math.ceil(per_octave * math.log2(x) - 1e-9)
+    return k + 1 if 2.0 ** (k / per_octave) < x else k
+
+
+def window_log_mgf(theta: float, q0: float, q1: float, r: float, rho: float) -> float:
+    """ln E[exp(theta Y)] of one window's CUSUM increment Y = D ln(q1/q0) + (n - D) ln((1-q1)/(1-q0)).
+
+    n ~ Poisson(r) answers, D | n, p ~ Binomial(n, p) and the window's share p ~ Beta(q0 kappa, (1 - q0) kappa)
+    with rho = 1/(kappa + 1) (rho = 0: p = q0). Given p the Poisson sum gives exp(r (p A + (1 - p) B - 1)) with
+    A = (q1/q0)^theta, B = ((1-q1)/(1-q0))^theta; the Beta average of exp(t p) is Kummer's 1F1(a; a + b; t),
+    taken as e^t 1F1(b; a + b; -t) (no overflow for large t).
+    """
+    up, down = llr_increments(q0, q1)
+    big_a, big_b = math.exp(theta * up), math.exp(theta * down)
+    if rho <= 0.0:
+        return r * (q0 * big_a + (1.0 - q0) * big_b - 1.0)
+    kappa = 1.0 / rho - 1.0
+    t = r * (big_a - big_b)
+    return r * (big_b - 1.0) + t + math.log(float(hyp1f1((1.0 - q0) * kappa, kappa, -t)))
+
+
+def dispersion_theta(q0: float, q1: float, r: float, rho: float) -> float:
+    """The Lundberg exponent theta in (0, 1]: the root of E[exp(theta Y)] = 1 for one window's increment Y.
+
+    For independent answers theta = 1 exactly (each answer's likelihood ratio has mean 1). Windows are
+    independent, so the CUSUM's chance to climb to h from 0 decays like e^(-theta h) (Cramer-Lundberg) and
+    ln ARL0 grows with slope theta in h; a share that varies between windows (rho > 0) makes theta < 1.
+    """
+    if rho <= 0.0 or window_log_mgf(1.0, q0, q1, r, rho) <= 1e-12:
+        return 1.0
+    return float(brentq(window_log_mgf, 1e-6, 1.0, args=(q0, q1, r, rho), xtol=1e-10, rtol=1e-12))
+
+
+@lru_cache(maxsize=65536)
+def dispersion_cell(q0_milli: int, q1_milli: int, r_key: int, rho_key: int) -> tuple[float, float]:
+    """(theta, ln theta) on the grid: shares in thousandths, r = 2^(r_key/8), rho = 2^(rho_key/8) (capped)."""
+    rho = min(2.0 ** (rho_key / DISPERSION_GRID_PER_OCTAVE), MAX_DISPERSION)
+    theta = dispersion_theta(q0_milli / 1000, q1_milli / 1000, 2.0 ** (r_key / DISPERSION_GRID_PER_OCTAVE), rho)
+    return theta, math.log(theta)
+
+
+def dispersion_factors(q0: float, q1: float, r: float, rho: float) -> tuple[float, float] | None:
+    """(theta, ln theta) for a segment of r answers per window and between-window share variance rho q0 (1 - q0);
+    None when rho = 0 (the threshold stays the independent-answer one).
+
+    Shares are rounded like :func:`cached_threshold`; r and rho are rounded UP to grids of 8 points per octave
+    (9% steps): theta falls with both, so the rounding errs towards a higher threshold.
+    """
+    if not rho > 0.0 or not r > 0.0:
+        return None
+    return dispersion_cell(round(round(q0, 3) * 1000), round(round(q1, 3) * 1000),
+                           grid_up(r, DISPERSION_GRID_PER_OCTAVE), grid_up(rho, DISPERSION_GRID_PER_OCTAVE))
+
+
+def inflate_threshold(h: float, theta: float, log_theta: float) -> float:
+    """The threshold for overdispersed windows: max(h, (h + ln theta)/theta), h the independent-answer one.
+
+    Siegmund's approximation ARL0 ~ e^(theta h') / (theta |mu|) (h' = h plus the mean overshoot, mu the drift per
+    answer, the same under both models) equals the independent-answer ARL0 ~ e^(h') / |mu| when
+    theta h_od - ln theta = h. Against Monte Carlo it errs on the safe side (a longer ARL0 than the target),
+    most at high traffic (tests/unit/test_cusum.py, docs/detection.md).
+    """
+    return max(h, (h + log_theta) / theta)

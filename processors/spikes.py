@@ -11,6 +11,9 @@ decides depends only on the slices' contents. Per slice of n answers, d detracto
 2. Thresholds h_k = the exact Markov-chain threshold (:func:`processors.cusum.cached_threshold`) for the
    in-control ARL the fleet budget gives this segment: 2 r N 288 / F answers (r = its answers per 5 minutes,
    N = segments watched, F = false alerts per day), for design shares q1_k = q0 + 10 pp and q0 + 25 pp.
+   When the segment's own history shows extra variation of the share between five-minute windows
+   (:meth:`processors.baseline.HourlyBaseline.rho` > 0), h_k is raised to keep that ARL0 under it
+   (:func:`processors.cusum.inflate_threshold`).
 3. Both CUSUMs take the slice (:meth:`processors.cusum.BernoulliCusum.update_slice`), also during an alert.
 4. An open alert resolves once it is open >= 30 minutes and the Wilson 95% upper bound of the detractor share
    over the last hour's slices is below q0 + 5 pp; both CUSUMs then restart at h_k / 2. An open alert that
@@ -36,7 +39,14 @@ from typing import Any
 from urllib.parse import unquote
 
 from processors.baseline import DEFAULT_BASELINE, BaselineSettings, Estimate, HourlyBaseline, clamp_share, hour_of
-from processors.cusum import BernoulliCusum, cached_threshold, fleet_arl0_answers, threshold_lower_bound
+from processors.cusum import (
+    BernoulliCusum,
+    cached_threshold,
+    dispersion_factors,
+    fleet_arl0_answers,
+    inflate_threshold,
+    threshold_lower_bound,
+)
 from processors.events import AlertEvent, Driver, content_id
 from processors.nps import NpsCounts, wilson_interval
 from processors.segments import parse_segment_id
@@ -176,18 +186,21 @@ class SpikeState:
 
 class Design:
     """One CUSUM's design for a slice: shares q0 -> q1 and the threshold h for the in-control ARL, computed
-    only when asked (exact thresholds cost milliseconds; a CUSUM below a cheap lower bound needs none)."""
+    only when asked (exact thresholds cost milliseconds; a CUSUM below a cheap lower bound needs none).
+    r (answers per window) and rho (between-window dispersion, 0: none) raise h for an overdispersed segment."""
 
-    __slots__ = ("_h", "arl0", "q0", "q1")
+    __slots__ = ("_h", "arl0", "q0", "q1", "r", "rho")
 
-    def __init__(self, arl0: float, q0: float, q1: float) -> None:
-        self.arl0, self.q0, self.q1 = arl0, q0, q1
+    def __init__(self, arl0: float, q0: float, q1: float, r: float = 0.0, rho: float = 0.0) -> None:
+        self.arl0, self.q0, self.q1, self.r, self.rho = arl0, q0, q1, r, rho
         self._h: float | None = None
 
     @property
     def h(self) -> float:
         if self._h is None:
-            self._h = cached_threshold(self.arl0, self.q0, self.q1)
+            h = cached_threshold(self.arl0, self.q0, self.q1)
+            factors = dispersion_factors(self.q0, self.q1, self.r, self.rho)
+            self._h = h if factors is None else inflate_threshold(h, *factors)
         return self._h
 
     def reached(self, s: float) -> bool:
@@ -220,7 +233,8 @@ class SpikeDetector:
             return None
         arl0 = fleet_arl0_answers(r, settings.segments, settings.false_alerts_per_day,
                                   cusums_per_segment=len(settings.shifts))
-        return [Design(arl0, q0, min(q0 + shift, MAX_DESIGN_SHARE)) for shift in settings.shifts]
+        rho = state.baseline.rho(settings.baseline)
+        return [Design(arl0, q0, min(q0 + shift, MAX_DESIGN_SHARE), r, rho) for shift in settings.shifts]
 
     def observe(self, segment_id: str, parent_id: str | None, start: int, counts: NpsCounts,
                 breakdown: Mapping[str, Sequence[int]], chain: Sequence[SpikeState]) -> list[AlertEvent]:

@@ -1,15 +1,16 @@
 """Detection-quality evaluation: npspulse's detector and three window rules on simulated fleets (numpy).
 
-Every simulated segment first gets ``history_days`` of hourly counts fed through the baseline (so its q0
-carries real estimation error), then minute slices with n ~ Poisson(r/5) answers. Null streams measure
-false alarms per 1000 five-minute windows per segment against the budget 1000 F/(288 N); the window rules
-are calibrated on the same null streams to npspulse's measured false-alarm count. Spike streams (a shift
-starting at a random minute) measure detection delay in answers and minutes and npspulse's onset error.
-A separate run measures the delay cost of feeding the CUSUMs per one-minute slice instead of per answer.
+Every simulated segment first gets ``history_days`` of five-minute counts fed through the baseline (so its q0
+and its overdispersion estimate carry real estimation error), then minute slices with n ~ Poisson(r/5)
+answers. Null streams measure false alarms per 1000 five-minute windows per segment against the budget 1000
+F/(288 N); the window rules are calibrated on the same null streams to npspulse's measured false-alarm count.
+Spike streams (a shift starting at a random minute) measure detection delay in answers and minutes and
+npspulse's onset error. A separate run measures the delay cost of feeding the CUSUMs per one-minute slice
+instead of per answer.
 
-Segments are independent, so a null scenario's segment-days are spread over as many simulated segments as
-is efficient; the fleet size N enters through the thresholds (fleet budget) and the parent groups.
-Scenario groups (one traffic rate and fleet size each) run in parallel worker processes.
+Segments are independent, so a null scenario's segment-days are spread over as many simulated segments as is
+efficient; the fleet size N enters through the thresholds (fleet budget) and the parent groups. Scenario
+groups (one traffic rate and fleet size each) run in parallel worker processes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from processors.baseline import WINDOWS_PER_DAY
 from processors.cusum import cached_threshold, fleet_arl0_answers, llr_increments
-from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
+from processors.timeparse import DAY_MS, MINUTE_MS
 from streams.fleet_detector import DetectorSettings, DualCusum, FleetDetector, ThresholdTable, by_detractors
 from streams.window_tests import GRIDS, RULES, EpisodeCounter, WindowRules, calibrate
 
@@ -35,6 +37,7 @@ KAPPA = 200.0
 NULL_KINDS = ("independent", "daily-cycle", "overdispersed")
 T0_MS = 20_000 * DAY_MS  # history starts at a UTC midnight
 FIXED_UNCALIBRATED = 0.15
+WINDOW_MINUTES = 5
 SPIKE_ONSET_SPREAD_MIN = 360  # spike onsets uniform over 6 hours, starting 1 hour into the evaluation
 
 
@@ -69,10 +72,15 @@ def budget_per_1000(fleet: int, false_alerts_per_day: float) -> float:
 
 # --- streams ----------------------------------------------------------------------------------------------
 
+def cycle_means(parts: int = 24) -> np.ndarray:
+    """Mean of the daily cycle over each of ``parts`` equal parts of the UTC day (exact integral of the sinusoid)."""
+    edges = 2.0 * math.pi * np.arange(parts + 1) / parts
+    return Q0 + CYCLE_AMPLITUDE * parts / (2.0 * math.pi) * (np.cos(edges[:-1]) - np.cos(edges[1:]))
+
+
 def cycle_hour_means() -> np.ndarray:
-    """Mean of the daily cycle over each UTC hour (exact integral of the sinusoid)."""
-    h = np.arange(24)
-    return Q0 + CYCLE_AMPLITUDE * 24.0 / (2.0 * math.pi) * (np.cos(2 * math.pi * h / 24) - np.cos(2 * math.pi * (h + 1) / 24))
+    """Mean of the daily cycle over each UTC hour."""
+    return cycle_means(24)
 
 
 def _thinned(rng: np.random.Generator, lam: float | np.ndarray, q: float | np.ndarray,
@@ -83,21 +91,26 @@ def _thinned(rng: np.random.Generator, lam: float | np.ndarray, q: float | np.nd
 
 
 def history_day(rng: np.random.Generator, kind: str, r: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One day of hourly (answers, detractors), shape (24, size); overdispersion drawn per 5-minute window."""
+    """One day of five-minute (answers, detractors), shape (288, size); overdispersion drawn per window."""
     if kind == "overdispersed":
-        p = rng.beta(Q0 * KAPPA, (1.0 - Q0) * KAPPA, (24, 12, size))
-        n, d = _thinned(rng, r, p, (24, 12, size))
-        return n.sum(axis=1), d.sum(axis=1)
-    q = cycle_hour_means()[:, None] if kind == "daily-cycle" else Q0
-    return _thinned(rng, 12.0 * r, q, (24, size))
+        q: float | np.ndarray = rng.beta(Q0 * KAPPA, (1.0 - Q0) * KAPPA, (WINDOWS_PER_DAY, size))
+    elif kind == "daily-cycle":
+        q = cycle_means(WINDOWS_PER_DAY)[:, None]
+    else:
+        q = Q0
+    return _thinned(rng, r, q, (WINDOWS_PER_DAY, size))
 
 
 def feed_history(det: FleetDetector, rng: np.random.Generator, kind: str, r: float, days: int) -> int:
-    """Days of hourly counts through the baseline (each hour as one slice at its last minute); returns t0."""
+    """Days of five-minute counts through the baseline (each window as one slice at its last minute); returns t0.
+
+    Windows, not hours: the baseline estimates the between-window dispersion of the share from them.
+    """
     for day in range(days):
         n, d = history_day(rng, kind, r, det.size)
-        for hour in range(24):
-            det.feed_history(T0_MS + day * DAY_MS + hour * HOUR_MS + 59 * MINUTE_MS, n[hour], d[hour])
+        for w in range(WINDOWS_PER_DAY):
+            det.feed_history(T0_MS + day * DAY_MS + w * WINDOW_MINUTES * MINUTE_MS + (WINDOW_MINUTES - 1) * MINUTE_MS,
+                             n[w], d[w])
     return T0_MS + days * DAY_MS
 
 
@@ -167,6 +180,7 @@ def run_null(config: EvalConfig, kind: str, r: float, fleet: int, tables: tuple[
     alarms = int(opened["segment"].size)
     windows = segments * minutes / 5.0
     durations, unresolved = alert_durations(opened["segment"], opened["slice_ms"], *det.log.resolved())
+    rho = det.baseline.rho(np.arange(segments))  # each segment's shrunk dispersion estimate at the end
     counts = {rule: counters[rule].counts() for rule in RULES}
     result: dict[str, Any] = {
         "kind": kind, "rate": r, "fleet": fleet, "segments": segments, "days": days, "windows": windows,
@@ -175,6 +189,8 @@ def run_null(config: EvalConfig, kind: str, r: float, fleet: int, tables: tuple[
         "alert_minutes_median": float(np.median(durations)) if durations.size else math.nan,
         "alert_minutes_p90": float(np.quantile(durations, 0.9)) if durations.size else math.nan,
         "unresolved": unresolved,
+        "dispersed_share": float((rho > 0.0).mean()),
+        "kappa_median": float(1.0 / np.median(rho[rho > 0.0]) - 1.0) if (rho > 0.0).any() else None,
         "fixed_uncalibrated_per_1000": 1000.0 * counters["fixed"].count_at(FIXED_UNCALIBRATED) / windows,
         "calibration": {}, "seconds": 0.0,
     }

@@ -20,6 +20,9 @@ n > 0 answers (empty slices are never fed):
    unless an alert opened since claims it (queued slices from the alert's onset slice on are dropped). The
    parent takes every answer at once.
 
+The thresholds are raised for overdispersed segments as the scalar code does (the baseline's shrunk
+between-window dispersion rho, :func:`processors.cusum.inflate_threshold` with the same cached factors).
+
 The only departures from the scalar code: ``np.log`` may differ from ``math.log`` in the last bit
 (``exact_logs=True`` uses math.log), which moves S by ~1e-16. Threshold-grid keys fall back to Python's
 ``round`` / ``math.log2`` whenever numpy's value is within 1e-6 of a rounding boundary, so they are exact.
@@ -32,8 +35,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from processors.baseline import DEFAULT_BASELINE, MAX_SHARE, MIN_SHARE, SLICE_MS, WINDOWS_PER_DAY, BaselineSettings
-from processors.cusum import ARL_GRID_PER_OCTAVE, cached_threshold
+from processors.baseline import (
+    DEFAULT_BASELINE,
+    MAX_SHARE,
+    MIN_SHARE,
+    SLICE_MS,
+    WINDOW_MS,
+    WINDOWS_PER_DAY,
+    BaselineSettings,
+)
+from processors.cusum import (
+    ARL_GRID_PER_OCTAVE,
+    DISPERSION_GRID_PER_OCTAVE,
+    MAX_DISPERSION,
+    cached_threshold,
+    dispersion_cell,
+)
 from processors.nps import Z95
 from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
 
@@ -65,7 +82,9 @@ def rowsum(a: np.ndarray) -> np.ndarray:
 
 
 class FleetBaseline:
-    """:class:`HourlyBaseline` for M segments: counts (24, M), first and latest slice start (-1 = none)."""
+    """:class:`HourlyBaseline` for M segments: counts (24, M), first and latest slice start (-1 = none), the open
+    five-minute window (start, -1 = none; answers; detractors; hour share and answers before it) and the
+    overdispersion sums A, B, V."""
 
     def __init__(self, size: int, settings: BaselineSettings = DEFAULT_BASELINE) -> None:
         self.settings = settings
@@ -73,6 +92,12 @@ class FleetBaseline:
         self.d = np.zeros((HOURS, size))
         self.first_ms = np.full(size, -1, dtype=np.int64)
         self.last_ms = np.full(size, -1, dtype=np.int64)
+        self.win_start = np.full(size, -1, dtype=np.int64)
+        self.win_n = np.zeros(size, dtype=np.int64)
+        self.win_d = np.zeros(size, dtype=np.int64)
+        self.win_q = np.zeros(size)
+        self.win_hn = np.zeros(size)
+        self.disp = np.zeros((3, size))  # A, B, V
         lam = settings.decay
         # Python's float ** int, as HourlyBaseline computes them (numpy's power can differ in the last bit)
         self._pow = np.array([lam**k for k in range(MAX_DAYS)])
@@ -89,16 +114,52 @@ class FleetBaseline:
         days = np.where(new, 0, t_ms // DAY_MS - last // DAY_MS)
         if (days < 0).any() or (last > t_ms).any():
             raise ValueError("slices must arrive in time order")
+        window_start = t_ms - t_ms % WINDOW_MS
+        closing = idx[(self.win_start[idx] >= 0) & (self.win_start[idx] != window_start)]
+        if closing.size:
+            self._close_windows(closing)
         if days.any():
             for k in np.unique(days[days > 0]):
                 sel = idx[days == k]
                 factor = self.settings.decay ** int(k)
                 self.n[:, sel] *= factor
                 self.d[:, sel] *= factor
+                self.disp[:2, sel] *= factor
+                self.disp[2, sel] *= factor * factor
         hour = (t_ms // HOUR_MS) % HOURS
+        opening = idx[self.win_start[idx] < 0]
+        if opening.size:
+            hn = self.n[hour, opening]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.win_q[opening] = np.where(hn > 0.0, self.d[hour, opening] / hn, -1.0)
+            self.win_hn[opening] = hn
+            self.win_start[opening] = window_start
+            self.win_n[opening] = 0
+            self.win_d[opening] = 0
+        self.win_n[idx] += n
+        self.win_d[idx] += d
         self.n[hour, idx] += n
         self.d[hour, idx] += d
         self.last_ms[idx] = t_ms
+
+    def _close_windows(self, idx: np.ndarray) -> None:
+        """:meth:`HourlyBaseline._close_window` for segments idx (same operations)."""
+        n, d, q, hour_n = self.win_n[idx], self.win_d[idx], self.win_q[idx], self.win_hn[idx]
+        self.win_start[idx] = -1
+        v = q * (1.0 - q)
+        ok = (n >= 2) & (v > 0.0)
+        idx, n, d, q, hour_n, v = idx[ok], n[ok], d[ok], q[ok], hour_n[ok], v[ok]
+        dev = d - n * q
+        self.disp[0, idx] += dev * dev - n * v - n * n * v / hour_n
+        self.disp[1, idx] += n * (n - 1) * v
+        self.disp[2, idx] += n * v + (2 * n * n - 6 * n) * (v * v)
+
+    def rho(self, idx: np.ndarray) -> np.ndarray:
+        """:meth:`HourlyBaseline.rho` of segments idx."""
+        a, b, v = self.disp[:, idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.minimum(np.maximum(0.0, a - self.settings.dispersion_z * np.sqrt(v)) / b, MAX_DISPERSION)
+        return np.where(b > 0.0, rho, 0.0)
 
     def history(self) -> np.ndarray:
         return rowsum(self.n)
@@ -161,19 +222,50 @@ def round3_index(q: np.ndarray) -> np.ndarray:
     return out
 
 
-def grid_index(arl0: np.ndarray) -> np.ndarray:
-    """The ARL0 grid index k of :func:`processors.cusum.cached_threshold` (target rounded up to 2^(k/16))."""
-    x = ARL_GRID_PER_OCTAVE * np.log2(arl0) - 1e-9
+def grid_index(arl0: np.ndarray, per_octave: int = ARL_GRID_PER_OCTAVE) -> np.ndarray:
+    """The grid index k of the smallest 2^(k/per_octave) >= x, as :func:`processors.cusum.cached_threshold`
+    (ARL0, 16 per octave) and :func:`processors.cusum.grid_up` compute it."""
+    x = per_octave * np.log2(arl0) - 1e-9
     k = np.ceil(x).astype(np.int64)
-    k += np.exp2(k / ARL_GRID_PER_OCTAVE) < arl0
-    risky = (np.abs(x - np.rint(x)) < 1e-6) | (np.abs(np.exp2(k / ARL_GRID_PER_OCTAVE) / arl0 - 1.0) < 1e-9)
+    k += np.exp2(k / per_octave) < arl0
+    risky = (np.abs(x - np.rint(x)) < 1e-6) | (np.abs(np.exp2(k / per_octave) / arl0 - 1.0) < 1e-9)
     for i in np.flatnonzero(risky):
         a = float(arl0[i])
-        kk = math.ceil(ARL_GRID_PER_OCTAVE * math.log2(a) - 1e-9)
-        if 2.0 ** (kk / ARL_GRID_PER_OCTAVE) < a:
+        kk = math.ceil(per_octave * math.log2(a) - 1e-9)
+        if 2.0 ** (kk / per_octave) < a:
             kk += 1
         k[i] = kk
     return k
+
+
+class DispersionFactors:
+    """:func:`processors.cusum.inflate_threshold` with :func:`processors.cusum.dispersion_factors` for arrays,
+    memoised by the grid key (1000 q0, 1000 q1, r grid index, rho grid index) packed into one integer."""
+
+    def __init__(self) -> None:
+        self.memo: dict[int, tuple[float, float]] = {}
+
+    def inflate(self, h: np.ndarray, q0: np.ndarray, q1: np.ndarray, r: np.ndarray, rho: np.ndarray) -> np.ndarray:
+        sel = np.flatnonzero((rho > 0.0) & (r > 0.0))
+        if sel.size == 0:
+            return h
+        i0, i1 = round3_index(q0[sel]), round3_index(q1[sel])
+        kr = grid_index(r[sel], DISPERSION_GRID_PER_OCTAVE)
+        krho = grid_index(rho[sel], DISPERSION_GRID_PER_OCTAVE)
+        keys = ((i0 * 1001 + i1) * 4096 + kr + 2048) * 4096 + krho + 2048
+        cells, inverse = np.unique(keys, return_inverse=True)
+        factors = np.empty((cells.size, 2))
+        memo = self.memo
+        for j, key in enumerate(cells.tolist()):
+            value = memo.get(key)
+            if value is None:
+                value = memo[key] = dispersion_cell(key // 4096 // 4096 // 1001, key // 4096 // 4096 % 1001,
+                                                    key // 4096 % 4096 - 2048, key % 4096 - 2048)
+            factors[j] = value
+        theta, log_theta = factors[inverse, 0], factors[inverse, 1]
+        out = h.copy()
+        out[sel] = np.maximum(h[sel], (h[sel] + log_theta) / theta)
+        return out
 
 
 class ThresholdTable:
@@ -353,6 +445,7 @@ class FleetDetector:
         self.group_of = np.arange(size) // group
         self.cusum = DualCusum(size)
         self.tables = tables or (ThresholdTable(settings.shifts[0]), ThresholdTable(settings.shifts[1]))
+        self.dispersion = DispersionFactors()
         self.alerting = np.zeros(size, dtype=bool)
         self.opened_end_ms = np.zeros(size, dtype=np.int64)
         window = settings.resolve_window_slices
@@ -434,9 +527,10 @@ class FleetDetector:
         h = np.empty((2, idx.size))
         up = np.empty((2, idx.size))
         down = np.empty((2, idx.size))
+        rho = self.baseline.rho(idx)
         for c, (shift, table) in enumerate(zip(settings.shifts, self.tables, strict=True)):
             q1 = np.minimum(q0 + shift, 0.99)
-            h[c] = table.lookup(arl0, q0, q1)
+            h[c] = self.dispersion.inflate(table.lookup(arl0, q0, q1), q0, q1, r, rho)
             up[c], down[c] = self._logs(q1 / q0), self._logs((1.0 - q1) / (1.0 - q0))
         lz_before = self.cusum.last_zero[:, idx].copy()
         self.cusum.update(idx, n, d, up, down)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import orjson
 import pytest
 
@@ -122,3 +125,57 @@ def test_settings_validation() -> None:
         BaselineSettings(horizon_days=1.0)
     with pytest.raises(ValueError, match="shrinkage"):
         BaselineSettings(shrinkage=-1.0)
+    with pytest.raises(ValueError, match="dispersion_z"):
+        BaselineSettings(dispersion_z=-1.0)
+
+
+# --- between-window overdispersion ---------------------------------------------------------------------------
+
+def test_dispersion_sums_on_fixed_windows() -> None:
+    base = HourlyBaseline()
+    base.update(T0, 100, 25)  # window 0 of hour 0: no hour share before it, so it is not scored
+    base.update(T0 + 5 * MINUTE_MS, 6, 2)  # window 1, two slices; the hour share before it is 25/100
+    base.update(T0 + 7 * MINUTE_MS, 4, 3)
+    assert base.dispersion == [0.0, 0.0, 0.0] and base.window == [5 * MINUTE_MS + T0, 10, 5, 0.25, 100.0]
+    base.update(T0 + 10 * MINUTE_MS, 1, 0)  # closes window 1: n = 10, d = 5, q = 0.25, v = 0.1875
+    v = 0.25 * 0.75
+    assert base.dispersion == pytest.approx([(5 - 2.5) ** 2 - 10 * v - 100 * v / 100, 90 * v, 10 * v + 140 * v * v])
+    base.update(T0 + DAY_MS + 10 * MINUTE_MS, 2, 1)  # a day later: window 2 (n = 1) adds nothing; decay
+    a, b, var = base.dispersion
+    assert b == pytest.approx(90 * v * LAM) and var == pytest.approx((10 * v + 140 * v * v) * LAM**2)
+    rho = max(0.0, a - math.sqrt(var)) / b
+    assert base.rho() == pytest.approx(rho) and rho > 0.0
+    assert base.rho(BaselineSettings(dispersion_z=0.0)) == min(a / b, 0.2)  # capped
+    assert HourlyBaseline().rho() == 0.0
+
+
+def _simulated(kind: str, r: float, seed: int, days: int = 28) -> HourlyBaseline:
+    """A baseline fed ``days`` of five-minute windows (one slice each) of Poisson(r) answers."""
+    rng = np.random.default_rng(seed)
+    base = HourlyBaseline()
+    for day in range(days):
+        for w in range(288):
+            t = T0 + day * DAY_MS + w * 5 * MINUTE_MS
+            if kind == "overdispersed":  # kappa = 200: rho = 1/201
+                q = rng.beta(0.25 * 200, 0.75 * 200)
+            else:  # +-5 pp daily cycle, which the hour-of-day shares follow
+                q = 0.25 + 0.05 * math.sin(2 * math.pi * (w + 0.5) / 288)
+            n = int(rng.poisson(r))
+            base.update(t, n, int(rng.binomial(n, q)))
+    return base
+
+
+def test_dispersion_estimate_recovers_kappa_and_ignores_a_daily_cycle() -> None:
+    loose = BaselineSettings(dispersion_z=0.0)
+    assert _simulated("overdispersed", 50.0, 2).rho(loose) == pytest.approx(1 / 201, rel=0.15)
+    cycle = _simulated("daily-cycle", 50.0, 3)
+    assert cycle.rho(loose) < 1 / 2000  # the cycle is in the hour shares, not between windows
+    assert cycle.rho() == 0.0  # shrunk: no correction
+
+
+def test_dispersion_state_round_trips_and_reads_older_states() -> None:
+    base = _simulated("overdispersed", 10.0, 3, days=1)
+    again = HourlyBaseline.from_list(orjson.loads(orjson.dumps(base.to_list())))
+    assert again == base and again.rho() == base.rho()
+    older = HourlyBaseline.from_list(base.to_list()[:5])  # a state saved before the dispersion sums existed
+    assert older.window is None and older.dispersion == [0.0, 0.0, 0.0]

@@ -12,11 +12,15 @@ from processors.cusum import (
     BernoulliCusum,
     average_run_length,
     cached_threshold,
+    dispersion_factors,
+    dispersion_theta,
     fleet_arl0_answers,
+    inflate_threshold,
     lattice_for,
     llr_increments,
     threshold_for_arl,
     threshold_lower_bound,
+    window_log_mgf,
 )
 
 Q0 = 0.25
@@ -282,3 +286,41 @@ def test_threshold_lower_bound_holds_on_a_wide_grid() -> None:
         h = cached_threshold(target, q0, q1)
         bound = threshold_lower_bound(target, q0, q1)
         assert bound == 0.0 or bound <= h - 0.4, (q0, q1, target, h, bound)  # with room to spare
+
+
+# --- window-level overdispersion ---------------------------------------------------------------------------
+
+def _beta_poisson_log_mgf(theta: float, q0: float, q1: float, r: float, rho: float) -> float:
+    """ln E[exp(theta Y)] by quadrature over the window's Beta share (the definition, no Kummer function)."""
+    import numpy as np
+    from scipy import integrate, stats
+
+    up, down = llr_increments(q0, q1)
+    kappa = 1.0 / rho - 1.0
+    beta = stats.beta(q0 * kappa, (1.0 - q0) * kappa)
+
+    def integrand(p: float) -> float:
+        return float(np.exp(r * (p * math.exp(theta * up) + (1.0 - p) * math.exp(theta * down) - 1.0)) * beta.pdf(p))
+
+    value, _ = integrate.quad(integrand, 0.0, 1.0, points=[q0], limit=200)
+    return math.log(value)
+
+
+@pytest.mark.parametrize(("theta", "r", "rho"), [(1.0, 50.0, 1 / 201), (0.7, 10.0, 0.02), (0.9, 200.0, 0.001)])
+def test_window_log_mgf_matches_quadrature(theta: float, r: float, rho: float) -> None:
+    assert window_log_mgf(theta, 0.25, 0.35, r, rho) == pytest.approx(
+        _beta_poisson_log_mgf(theta, 0.25, 0.35, r, rho), rel=1e-7, abs=1e-10)
+
+
+def test_dispersion_theta_is_one_without_dispersion_and_falls_with_traffic_and_rho() -> None:
+    assert window_log_mgf(1.0, 0.25, 0.35, 50.0, 0.0) == pytest.approx(0.0, abs=1e-12)  # E[LR] = 1 per answer
+    assert dispersion_theta(0.25, 0.35, 50.0, 0.0) == 1.0
+    thetas = [dispersion_theta(0.25, 0.35, r, 1 / 201) for r in (2.0, 10.0, 50.0)]
+    assert thetas == pytest.approx([0.98939, 0.94912, 0.78865], abs=1e-5)
+    assert window_log_mgf(thetas[2], 0.25, 0.35, 50.0, 1 / 201) == pytest.approx(0.0, abs=1e-9)
+    assert dispersion_theta(0.25, 0.35, 50.0, 0.02) < thetas[2]
+    assert dispersion_factors(0.25, 0.35, 50.0, 0.0) is None
+    theta, log_theta = dispersion_factors(0.25, 0.35, 50.0, 1 / 201)  # r and rho rounded up: a lower theta
+    assert theta < thetas[2] and log_theta == math.log(theta)
+    assert inflate_threshold(10.0, 1.0, 0.0) == 10.0
+    assert inflate_threshold(10.0, 0.8, math.log(0.8)) == pytest.approx((10.0 + math.log(0.8)) / 0.8)

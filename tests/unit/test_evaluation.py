@@ -17,7 +17,7 @@ from processors.cusum import cached_threshold, fleet_arl0_answers
 from processors.nps import NpsCounts
 from processors.spikes import DetectionSettings as SpikeSettings
 from processors.spikes import SpikeDetector, SpikeState
-from processors.timeparse import DAY_MS, HOUR_MS, MINUTE_MS
+from processors.timeparse import DAY_MS, MINUTE_MS
 from streams.evaluation import (
     EvalConfig,
     MinuteStream,
@@ -48,7 +48,7 @@ def _one_blas_thread() -> None:
 
 def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
     size, group, rate = 16, 8, 10.0
-    settings = DetectorSettings(fleet_segments=2)  # a tiny fleet budget: many alarms and resolutions
+    settings = DetectorSettings(fleet_segments=1)  # a tiny fleet budget: many alarms and resolutions
     rng = np.random.default_rng(12)
     fleet = FleetDetector(size, group, settings)
     detector = SpikeDetector(SpikeSettings(segments=settings.fleet_segments))
@@ -61,11 +61,11 @@ def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
             if gn:
                 parent.baseline.update(t, gn, gd, settings.baseline)
 
-    for day in range(28):
-        n_day, d_day = history_day(rng, "independent", rate, size)
-        for hour in range(24):
-            t = T0 + day * DAY_MS + hour * HOUR_MS + 59 * MINUTE_MS
-            n, d = n_day[hour], d_day[hour]
+    for day in range(28):  # overdispersed windows, so that thresholds are raised for some segments
+        n_day, d_day = history_day(rng, "overdispersed" if day % 2 else "independent", rate, size)
+        for w in range(288):
+            t = T0 + day * DAY_MS + w * 5 * MINUTE_MS + (3 if w % 2 else 4) * MINUTE_MS
+            n, d = n_day[w], d_day[w]
             fleet.feed_history(t, n, d)
             for i, seg in enumerate(segments):
                 if n[i]:
@@ -73,7 +73,7 @@ def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
             feed_parents(t, n, d)
     start = T0 + 28 * DAY_MS
     onset = np.where(np.arange(size) % 3 == 0, rng.integers(60, 600, size), 10**9)
-    stream = MinuteStream(rng, "independent", rate, size, onset=onset, shift=0.2)
+    stream = MinuteStream(rng, "overdispersed", rate, size, onset=onset, shift=0.2)
     opened, resolved = [], []
     for m in range(900):
         t = start + m * MINUTE_MS
@@ -106,6 +106,9 @@ def test_vectorised_detector_raises_the_scalar_reference_alarms() -> None:
     for seg in segments:  # the scalar detector learns queued slices lazily, at its next slice: catch up
         seg.learn_until(t - 60 * MINUTE_MS, settings.baseline)
     assert all((np.array(seg.baseline.n) == fleet.baseline.n[:, i]).all() for i, seg in enumerate(segments))
+    rho = fleet.baseline.rho(np.arange(size))
+    assert rho.tolist() == [seg.baseline.rho(settings.baseline) for seg in segments]
+    assert (rho > 0.0).sum() >= size // 2  # the inflated thresholds were compared too
 
 
 def test_threshold_table_keys_match_cached_threshold() -> None:
@@ -189,6 +192,7 @@ def test_window_rules_statistics() -> None:
 def test_streams_have_the_intended_shares() -> None:
     rng = np.random.default_rng(5)
     n, d = history_day(rng, "daily-cycle", 50.0, 2000)
+    n, d = n.reshape(24, 12, -1).sum(axis=1), d.reshape(24, 12, -1).sum(axis=1)
     share = d.sum(axis=1) / n.sum(axis=1)
     np.testing.assert_allclose(share, cycle_hour_means(), atol=0.005)
     assert cycle_hour_means().mean() == pytest.approx(0.25)
