@@ -14,7 +14,7 @@ Figures (see docs/reliability.md):
   delivered more than once.
 
 Sizes come from the environment: NPSPULSE_FAULT_EVENTS (nominal survey answers per stream, default 7200: about 4,700 lines) and
-NPSPULSE_FAULT_SECONDS (how long producing takes, default 30 s), so a larger run is one variable away.
+NPSPULSE_FAULT_SECONDS (how long producing takes, default 20 s), so a larger run is one variable away.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from streams.topics import TopicNames, kafka_client_config
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = int(os.environ.get("NPSPULSE_FAULT_EVENTS", "7200"))
-PRODUCE_SECONDS = float(os.environ.get("NPSPULSE_FAULT_SECONDS", "30"))
+PRODUCE_SECONDS = float(os.environ.get("NPSPULSE_FAULT_SECONDS", "20"))
 HOURS = 6
 INCIDENT = "region=EU|channel=app @ +4h for 60m +60pp"
 # Caps off: which trigger a cap holds back depends on arrival order (see tests/integration/test_pipeline.py).
@@ -118,7 +118,7 @@ class Topics:
     def __init__(self, config: Config, *topics: str) -> None:
         self.records: dict[str, list[dict]] = {topic: [] for topic in topics}
         self._consumer = Consumer({**kafka_client_config(config.kafka), "group.id": f"faults-{uuid.uuid4().hex}",
-                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
         self._consumer.subscribe(list(topics))
 
     def poll(self, seconds: float) -> int:
@@ -154,7 +154,7 @@ class PacedProducer(threading.Thread):
         names = TopicNames.from_settings(self.config.kafka)
         topics = {"survey": names.surveys, "purchase": names.purchases}
         # Retries for as long as a broker restart may take: nothing is dropped by the producer itself.
-        producer = make_producer(self.config.kafka, **{"message.timeout.ms": 300_000})
+        producer = make_producer(self.config.kafka, **{"message.timeout.ms": 300_000, "log_level": 0})
 
         def delivered(error: object, _message: object) -> None:
             if error is not None:
@@ -315,7 +315,7 @@ class Run:
     def lag(self) -> int | None:
         """Input records the group has not committed yet (surveys and purchases); None if unknown."""
         consumer = Consumer({**kafka_client_config(self.config.kafka), "group.id": app_id(self.config.kafka),
-                             "enable.auto.commit": False})
+                             "enable.auto.commit": False, "log_level": 0})
         try:
             partitions = [TopicPartition(topic, p) for topic in (self.names.surveys, self.names.purchases)
                           for p in range(self.config.kafka.partitions)]
@@ -330,7 +330,7 @@ class Run:
             consumer.close()
 
     def settle(self, producer: PacedProducer, outputs: Topics, expected: Expected, timeout: float = 240,
-               quiet: float = 8.0) -> None:
+               quiet: float = 5.0) -> None:
         """Wait until the stream is out, the group has committed every input offset, every expected window key
         has appeared and the windows topic has been quiet for ``quiet`` seconds (or the timeout)."""
         producer.join(timeout)
@@ -379,3 +379,33 @@ def scenario(tmp: Path, kafka_bootstrap: str, redis_url: str, *, config_text: st
 def describe(run: Run, figures: Figures, names: Callable[[], list[str]] | None = None) -> str:
     logs = "\n".join(f"--- {name} ---\n{run.log(name)[-2000:]}" for name in (names() if names else run.workers))
     return f"{figures}\n{logs}"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (the shared one stays up while this one is stopped)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port, self.tmp = free_port(), tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis  # the fault tests that need no private Redis do not need the client either
+
+        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save",
+                                         "", "--appendonly", "no", "--dir", str(self.tmp)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
