@@ -14,7 +14,7 @@ Figures (see docs/reliability.md):
   delivered more than once.
 
 Sizes come from the environment: NPSPULSE_FAULT_EVENTS (nominal survey answers per stream, default 7200: about 4,700 lines) and
-NPSPULSE_FAULT_SECONDS (how long producing takes, default 20 s), so a larger run is one variable away.
+NPSPULSE_FAULT_SECONDS (how long producing takes, default 15 s), so a larger run is one variable away.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from processors.config import Config
 from processors.timeparse import parse_rfc3339_ms
@@ -48,7 +48,7 @@ from streams.topics import TopicNames, kafka_client_config
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = int(os.environ.get("NPSPULSE_FAULT_EVENTS", "7200"))
-PRODUCE_SECONDS = float(os.environ.get("NPSPULSE_FAULT_SECONDS", "20"))
+PRODUCE_SECONDS = float(os.environ.get("NPSPULSE_FAULT_SECONDS", "15"))
 HOURS = 6
 INCIDENT = "region=EU|channel=app @ +4h for 60m +60pp"
 # Caps off: which trigger a cap holds back depends on arrival order (see tests/integration/test_pipeline.py).
@@ -112,27 +112,29 @@ def expected_outputs(stream: Path, config: Config, out_dir: Path) -> Expected:
                     {a["id"]: a for a in alerts if a["at"] <= cutoff}, cutoff)
 
 
-class Topics:
-    """Reads output topics from the beginning (own throwaway group), accumulating decoded records."""
-
-    def __init__(self, config: Config, *topics: str) -> None:
-        self.records: dict[str, list[dict]] = {topic: [] for topic in topics}
-        self._consumer = Consumer({**kafka_client_config(config.kafka), "group.id": f"faults-{uuid.uuid4().hex}",
-                                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
-        self._consumer.subscribe(list(topics))
-
-    def poll(self, seconds: float) -> int:
-        """Read for ``seconds``; returns how many records arrived."""
-        deadline, got = time.monotonic() + seconds, 0
-        while (left := deadline - time.monotonic()) > 0:
-            for message in self._consumer.consume(500, min(left, 0.5)):
-                if message.error() is None:
-                    self.records[message.topic()].append(orjson.loads(message.value()))
-                    got += 1
-        return got
-
-    def close(self) -> None:
-        self._consumer.close()
+def read_all(config: Config, topic: str) -> list[dict]:
+    """Every record of ``topic`` from the beginning up to its current end (a fresh, assigned consumer: no group
+    state that a broker restart could disturb)."""
+    consumer = Consumer({**kafka_client_config(config.kafka), "group.id": f"faults-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "log_level": 0})
+    try:
+        ends = {}
+        for partition in range(config.kafka.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        records: list[dict] = []
+        positions = dict.fromkeys(ends, -1)
+        deadline = time.monotonic() + 120
+        while any(positions[p] + 1 < ends[p] for p in ends) and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is None and message.offset() < ends[message.partition()]:
+                    positions[message.partition()] = message.offset()
+                    records.append(orjson.loads(message.value()))
+        return records
+    finally:
+        consumer.close()
 
 
 class PacedProducer(threading.Thread):
@@ -329,31 +331,40 @@ class Run:
         finally:
             consumer.close()
 
-    def settle(self, producer: PacedProducer, outputs: Topics, expected: Expected, timeout: float = 240,
-               quiet: float = 5.0) -> None:
+    def end_offsets(self, topic: str) -> int | None:
+        consumer = Consumer({**kafka_client_config(self.config.kafka), "group.id": "faults-probe", "log_level": 0})
+        try:
+            return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                       for p in range(self.config.kafka.partitions))
+        except Exception:  # broker unreachable (e.g. mid-restart)
+            return None
+        finally:
+            consumer.close()
+
+    def settle(self, producer: PacedProducer, expected: Expected, timeout: float = 240, quiet: float = 5.0) -> None:
         """Wait until the stream is out, the group has committed every input offset, every expected window key
         has appeared and the windows topic has been quiet for ``quiet`` seconds (or the timeout)."""
         producer.join(timeout)
         deadline = time.monotonic() + timeout
-        quiet_since = time.monotonic()
-        windows = outputs.records[self.names.windows]
-        while time.monotonic() < deadline:
-            if outputs.poll(1.0):
-                quiet_since = time.monotonic()
-            if not self.alive():
-                return
-            if time.monotonic() - quiet_since < quiet:
-                continue
-            if self.lag() != 0:
+        quiet_since, last = time.monotonic(), None
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(1.0)
+            end = self.end_offsets(self.names.windows)
+            if end != last:
+                quiet_since, last = time.monotonic(), end
+            if time.monotonic() - quiet_since < quiet or self.lag() != 0:
                 continue
             # Caught up: done once every expected window is out, or once nothing more came for long enough
             # (a window that is not out by then is lost, and the figures say so).
-            if {window_key(w) for w in windows} >= expected.windows.keys() or time.monotonic() - quiet_since > 25:
+            got = {window_key(w) for w in read_all(self.config, self.names.windows)}
+            if got >= expected.windows.keys() or time.monotonic() - quiet_since > 25:
                 return
 
-    def figures(self, outputs: Topics, expected: Expected) -> Figures:
-        outputs.poll(2.0)
-        return compare(expected, outputs.records[self.names.windows], outputs.records[self.names.alerts])
+    def outputs(self, *topics: str) -> dict[str, list[dict]]:
+        return {topic: read_all(self.config, topic) for topic in topics}
+
+    def figures(self, expected: Expected) -> Figures:
+        return compare(expected, read_all(self.config, self.names.windows), read_all(self.config, self.names.alerts))
 
 
 def report(name: str, figures: Figures, **extra: object) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import PacedProducer, Topics, describe, report, scenario
+from tests.faults.harness import PacedProducer, describe, report, scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -20,7 +20,6 @@ AT_LEAST_ONCE = ("at-least-once on main: a SIGKILLed worker's uncommitted survey
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=AT_LEAST_ONCE)
 def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url)
-    outputs = Topics(run.config, run.names.windows, run.names.alerts)
     rng = random.Random(1208)
     kill_points = sorted(rng.uniform(0.15, 0.8) for _ in range(2))
     producer = PacedProducer(run.config, lines)
@@ -33,28 +32,25 @@ def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, re
             # to own its partitions again: each kill hits a worker that is processing.
             producer.hold_at = kill_points[number + 1] if number + 1 < len(kill_points) else 1.0
             producer.wait_for(point)
-            outputs.poll(0)
             readies = run.readies()
             run.kill()
             run.start()
             run.wait_ready(since=readies)
             producer.hold_at = 1.0 if number + 1 == len(kill_points) else producer.hold_at
         producer.hold_at = 1.0
-        run.settle(producer, outputs, expected)
+        run.settle(producer, expected)
         assert producer.failed == 0
-        assert run.alive() == ["worker"], describe(run, run.figures(outputs, expected))
-        figures = run.figures(outputs, expected)
+        assert run.alive() == ["worker"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
         report("sigkill_restart", figures, kills=run.kills, kill_points=kill_points)
         assert figures.exact(), describe(run, figures)
     finally:
         run.stop_all()
-        outputs.close()
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=AT_LEAST_ONCE)
 def test_survivor_takes_over_a_killed_workers_partitions(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url, seed=9)
-    outputs = Topics(run.config, run.names.windows, run.names.alerts)
     producer = PacedProducer(run.config, lines)
     run.start("a")
     run.wait_ready("a")
@@ -65,16 +61,14 @@ def test_survivor_takes_over_a_killed_workers_partitions(tmp_path: Path, kafka_b
     producer.start()
     try:
         producer.wait_for(0.45)
-        outputs.poll(0)
         before = run.readies("a")
         run.kill("b")
         run.wait_ready("a", since=before)  # took over b's partitions once b's session expired
-        run.settle(producer, outputs, expected)
+        run.settle(producer, expected)
         assert producer.failed == 0
-        assert run.alive() == ["a"], describe(run, run.figures(outputs, expected))
-        figures = run.figures(outputs, expected)
+        assert run.alive() == ["a"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
         report("sigkill_one_of_two", figures, kills=run.kills, kill_point=0.45)
         assert figures.exact(), describe(run, figures)
     finally:
         run.stop_all()
-        outputs.close()

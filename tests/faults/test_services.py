@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from streams.topics import kafka_client_config
-from tests.faults.harness import REPO, PacedProducer, PrivateRedis, Topics, describe, report, scenario
+from tests.faults.harness import REPO, PacedProducer, PrivateRedis, describe, read_all, report, scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -37,7 +37,6 @@ def _our_broker(kafka_bootstrap: str) -> None:
 def test_broker_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
     _our_broker(kafka_bootstrap)
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url, seed=13)
-    outputs = Topics(run.config, run.names.windows, run.names.alerts)
     producer = PacedProducer(run.config, lines)
     run.start()
     run.wait_ready()
@@ -47,15 +46,14 @@ def test_broker_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_u
         restarted = subprocess.run(["bash", str(SERVICES), "restart-kafka"], cwd=REPO, capture_output=True, text=True,
                                    env={**os.environ, "NPSPULSE_KAFKA_DOWN_SECONDS": "5"}, timeout=300)
         assert restarted.returncode == 0, restarted.stderr[-3000:]
-        run.settle(producer, outputs, expected)
+        run.settle(producer, expected)
         assert producer.failed == 0
-        assert run.alive() == ["worker"], describe(run, run.figures(outputs, expected))
-        figures = run.figures(outputs, expected)
+        assert run.alive() == ["worker"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
         report("broker_restart", figures, restart_at=0.4, down_seconds=5)
         assert figures.exact(), describe(run, figures)
     finally:
         run.stop_all()
-        outputs.close()
 
 
 def test_redis_outage_mid_stream(tmp_path: Path, kafka_bootstrap: str) -> None:
@@ -67,7 +65,6 @@ def test_redis_outage_mid_stream(tmp_path: Path, kafka_bootstrap: str) -> None:
     private = PrivateRedis(tmp_path)
     private.start()
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, private.url, seed=11)
-    outputs = Topics(run.config, run.names.windows, run.names.alerts, run.names.retarget)
     producer = PacedProducer(run.config, lines)
     producer.hold_at = 0.7  # the last 30 % of the stream comes once Redis is back
     run.start()
@@ -76,16 +73,16 @@ def test_redis_outage_mid_stream(tmp_path: Path, kafka_bootstrap: str) -> None:
     try:
         producer.wait_for(0.3)
         private.stop()
-        outputs.poll(down)
+        time.sleep(down)
         assert run.alive() == ["worker"], run.log()[-3000:]
         private.start()
         time.sleep(3)  # past the Redis clients' retry back-off
         after = producer.sent
         producer.hold_at = 1.0
-        run.settle(producer, outputs, expected)
-        assert run.alive() == ["worker"], describe(run, run.figures(outputs, expected))
-        figures = run.figures(outputs, expected)
-        triggers = outputs.records[run.names.retarget]
+        run.settle(producer, expected)
+        assert run.alive() == ["worker"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
+        triggers = read_all(run.config, run.names.retarget)
         replay_triggers = [orjson.loads(line) for line in (tmp_path / "replay" / "triggers.jsonl").read_bytes()
                            .splitlines()]
         tail = {orjson.loads(line)["event_id"] for line in lines[after:]
@@ -104,7 +101,6 @@ def test_redis_outage_mid_stream(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert "Redis reachable again" in run.log()
     finally:
         run.stop_all()
-        outputs.close()
         private.stop()
 
 
@@ -135,7 +131,6 @@ def test_slow_alert_consumer_does_not_hold_the_worker(tmp_path: Path, kafka_boot
     half and reported; the check is that the worker consumes everything, exactly, while the slow reader is
     still behind on alerts."""
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url, seed=12)
-    outputs = Topics(run.config, run.names.windows, run.names.alerts)
     producer = PacedProducer(run.config, lines)
     run.start()
     run.wait_ready()
@@ -147,10 +142,10 @@ def test_slow_alert_consumer_does_not_hold_the_worker(tmp_path: Path, kafka_boot
         slow.start()
         producer.join(600)
         lag_with = run.lag()
-        run.settle(producer, outputs, expected)
-        assert run.alive() == ["worker"], describe(run, run.figures(outputs, expected))
-        figures = run.figures(outputs, expected)
-        published = len(outputs.records[run.names.alerts])
+        run.settle(producer, expected)
+        assert run.alive() == ["worker"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
+        published = len(read_all(run.config, run.names.alerts))
         report("slow_alert_consumer", figures, lag_half_without=lag_without, lag_end_with=lag_with,
                slow_read=slow.read, alerts_published=published, lines=len(lines))
         assert figures.exact(), describe(run, figures)
@@ -159,4 +154,3 @@ def test_slow_alert_consumer_does_not_hold_the_worker(tmp_path: Path, kafka_boot
     finally:
         slow.stopping.set()
         run.stop_all()
-        outputs.close()
