@@ -44,13 +44,13 @@ def test_broker_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_u
     try:
         producer.wait_for(0.4)
         restarted = subprocess.run(["bash", str(SERVICES), "restart-kafka"], cwd=REPO, capture_output=True, text=True,
-                                   env={**os.environ, "NPSPULSE_KAFKA_DOWN_SECONDS": "5"}, timeout=300)
+                                   env={**os.environ, "NPSPULSE_KAFKA_DOWN_SECONDS": "2"}, timeout=300)
         assert restarted.returncode == 0, restarted.stderr[-3000:]
         run.settle(producer, expected)
         assert producer.failed == 0
         assert run.alive() == ["worker"], describe(run, run.figures(expected))
         figures = run.figures(expected)
-        report("broker_restart", figures, restart_at=0.4, down_seconds=5)
+        report("broker_restart", figures, restart_at=0.4, down_seconds=2)
         assert figures.exact(), describe(run, figures)
     finally:
         run.stop_all()
