@@ -65,7 +65,13 @@ def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
     try:
         while lag(config, names, partitions) > 0:
             if worker.poll() is not None:
-                raise RuntimeError(f"worker exited; see {log.name}")
+                log.flush()
+                lines = Path(log.name).read_text(errors="replace").splitlines()
+                first = next((i for i, line in enumerate(lines) if "[ERROR]" in line or "Traceback" in line), 0)
+                kept = Path(tempfile.gettempdir()) / "npspulse-bench-worker.log"
+                kept.write_text("\n".join(lines))
+                raise RuntimeError(f"worker exited (whole log: {kept}); from the first error:\n"
+                                   + "\n".join(lines[first:first + 60]))
             time.sleep(0.5)
         return time.perf_counter() - started, report.total
     finally:

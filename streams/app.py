@@ -53,4 +53,8 @@ def build_app(config: Config, *, web_port: int | None = None, web_host: str | No
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # npspulse holds acknowledgements on purpose (answers waiting for purchases, slices until their
+        # checkpoint): waiting for them on a rebalance would never end. Unacknowledged records of a revoked
+        # partition are redelivered to its next owner, whose stored offsets skip what is already counted.
+        stream_wait_empty=False,
     )

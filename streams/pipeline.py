@@ -3,7 +3,8 @@
     purchases ──> [purchases agent] ──> profiles table (keyed by customer)
     surveys ────> [surveys agent] ── validate, enrich (profiles table + Redis), segment memberships,
                         │            answer-driven triggers ──> retarget
-                        └── pre-aggregated per (segment, 1-min slice) ──> segment-slices (keyed by segment)
+                        └── pre-aggregated per (segment, 1-min slice) ──> segment-slices (one record per
+                            partition and batch, on the partition that owns each segment)
     [watermark timer] ── each source partition's stream time, every second, to every slice partition
     segment-slices ─> [segments agent] ── windows in the segments table, closed by the watermark
                         ──> closed windows ──> windows; closed slices ──> detector ──> alert events,
@@ -57,6 +58,12 @@ SOURCE_IDLE_SECONDS = 3.0
 MAX_PENDING_ANSWERS = 50_000
 STATUS_SECONDS = 10.0
 POSITION_TIMEOUT_SECONDS = 1.0
+# Segment state is written to its table at most this often: a write serialises a segment's whole windows, so
+# writing per batch made the segments agent the pipeline's bottleneck. Slice records are acknowledged only once
+# a checkpoint holds their effect, and each table value records the last answer run it counted.
+CHECKPOINT_SECONDS = 2.0
+MAX_RUN_ENDS = 10_000  # run ends kept per survey partition while its commits lag (about 20M answers)
+SLICES_PER_RECORD = 500  # (segment, slice) aggregates per segment-slices record, well under Kafka's 1 MB limit
 
 
 @dataclass(slots=True)
@@ -87,14 +94,17 @@ class Pipeline:
         # Written once per batch for every segment the batch touched, outside single-event context, so the
         # changelog partition comes from the key: the same murmur2 partitioner that keyed segment-slices.
         self.segments = self._table("segments", "per-segment windows and detector state", use_partitioner=True)
+        # Per survey partition, where the runs forwarded since its last commit end: a restart cuts the same runs.
+        self.survey_runs = self._table("survey-runs", "ends of forwarded answer runs", use_partitioner=True)
         retargeter = Retargeter(self.settings.campaigns)
         self._hierarchy = Hierarchy(self.settings.segmentation)
-        self._replica_keys: dict[tuple[str, int], bytes] = {}
+        self._replica_keys: dict[tuple[bytes, int], bytes] = {}
         # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
         self._snapshot_window = next(spec.name for spec in self.settings.windows.specs if spec.tumbling)
         self.customer_stage = CustomerStage(self.settings, retargeter)
         self._retargeter = retargeter
-        self._profile_cache: dict[bytes, CustomerProfile] = {}
+        self._profile_cache: dict[bytes, tuple[CustomerProfile, int, int]] = {}  # profile, last purchase's partition, offset
+        self._held_purchases: list[EventT] = []  # applied purchases, acknowledged once their records are delivered
         self._stages: dict[int, SegmentStage] = {}
         self._trackers: dict[int, WatermarkTracker] = {}
         self._stream_times: dict[int, int] = {}
@@ -106,11 +116,19 @@ class Pipeline:
         # Per survey partition, in arrival order: answers waiting for their purchases of earlier days.
         self._pending: dict[int, deque[PendingAnswer]] = {}
         self._received = 0  # answers received since the last drain
+        self._run_ends: dict[int, deque[int]] = {}  # survey partition -> ends of runs since its last commit
+        self._replay_bounds: dict[int, deque[int]] = {}  # survey partition -> run ends stored before the restart
         self._dead_lettered: list[EventT] = []  # dead-lettered surveys, acknowledged after a flush
         self._draining = False
         self._in_flight: set[int] = set()  # survey partitions whose answers a drain is processing
         self._paused = False
         self._idle: dict[int, bool] = {}  # survey partition -> idle as last reported
+        # Per slice partition: segment -> survey partition -> the last run its state counted, [last offset, part]
+        # (stored with the state, so slices forwarded or delivered again after a crash count once).
+        self._applied: dict[int, dict[str, dict[int, list[int]]]] = {}
+        self._dirty: dict[int, set[str]] = {}  # slice partition -> segments changed since the checkpoint
+        self._held: list[EventT] = []  # slices applied but not yet in a checkpoint: acknowledged after it
+        self._checkpointed = time.monotonic()
         self._started = time.monotonic()
         self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
                                          "alerts": 0, "triggers": 0, "windows": 0}
@@ -119,6 +137,7 @@ class Pipeline:
         app.agent(self.slices, name="npspulse.segments")(self.process_slices)
         app.timer(WATERMARK_SECONDS)(self.send_watermarks)
         app.timer(BATCH_SECONDS)(self.drain_surveys)
+        app.timer(WATERMARK_SECONDS)(self.acknowledge_purchases)
         app.timer(STATUS_SECONDS)(self.log_status)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -144,51 +163,79 @@ class Pipeline:
         for tp in revoked:
             partition = tp.partition
             if tp.topic == self.names.surveys:
-                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets, self._idle):
+                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets, self._idle,
+                                 self._run_ends, self._replay_bounds):
                     progress.pop(partition, None)
             elif tp.topic == self.names.purchases:
                 for progress in (self._purchase_times, self._purchase_seen, self._purchase_offsets):
                     progress.pop(partition, None)
             elif tp.topic == self.names.segment_slices:
-                self._stages.pop(partition, None)  # reloaded from the segments table on first use
-                self._trackers.pop(partition, None)
+                # reloaded from the segments table on first use; what no checkpoint holds is redelivered
+                for progress in (self._stages, self._trackers, self._applied, self._dirty):
+                    progress.pop(partition, None)
         self._dead_lettered = [e for e in self._dead_lettered if e.message.tp not in revoked]
+        self._held = [e for e in self._held if e.message.tp not in revoked]
+        self._held_purchases = [e for e in self._held_purchases if e.message.tp not in revoked]
         log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
 
     async def _on_assigned(self, sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         self._started = time.monotonic()  # "quiet since" counts from the assignment, not from start-up
-        if self._paused:
-            self.app.consumer.pause_partitions([tp for tp in assigned if tp.topic == self.names.surveys])
+        self._paused = False  # a new assignment fetches every partition; the next drain pauses again if needed
 
     # ------------------------------------------------------------ purchases -> profiles
 
     async def process_purchases(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Manual acks: a purchase is acknowledged once its profile's changelog record is delivered. Each profile
+        # keeps the offset of the last purchase folded into it, so one redelivered after a crash counts once.
+        async for event in stream.noack().events():
             message = event.message
             self._purchase_seen[message.partition] = time.monotonic()
             self._purchase_offsets[message.partition] = message.offset
+            self._held_purchases.append(event)
             try:
                 purchase = parse_event(event.value, self._bounds(), expected_type="purchase",
                                        default_time_ms=int(message.timestamp * 1000))
                 key = purchase.customer_id.encode()
-                profile = self._profile(key) or CustomerProfile()
-                self.customer_stage.purchase(purchase, profile)
+                profile, applied = self._profile_and_offset(key, message.partition)
+                if message.offset > applied:
+                    profile = profile or CustomerProfile()
+                    self.customer_stage.purchase(purchase, profile)
             except EventError as error:
                 await self.send_dead_letter(message, error.field, error.reason)
                 continue
-            self.counters["purchases"] += 1
+            if message.offset > applied:
+                self.counters["purchases"] += 1
+                self._profile_cache[key] = (profile, message.partition, message.offset)
+                self.profiles[key] = {**profile.to_dict(), "o": [message.partition, message.offset]}
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
-            self._profile_cache[key] = profile
-            self.profiles[key] = profile.to_dict()
+            if len(self._held_purchases) >= BATCH_SIZE:
+                await self.acknowledge_purchases()
+
+    async def acknowledge_purchases(self) -> None:
+        """Acknowledge the purchases whose profile records are delivered (after every batch, and every second)."""
+        if not self._held_purchases:
+            return
+        held, self._held_purchases = self._held_purchases, []
+        await self.app.producer.flush()
+        for event in held:
+            event.ack()
 
     def _profile(self, key: bytes) -> CustomerProfile | None:
         """The customer's profile (cache, then table); None for a customer without purchases."""
-        profile = self._profile_cache.get(key)
-        if profile is None:
+        return self._profile_and_offset(key, -1)[0]
+
+    def _profile_and_offset(self, key: bytes, partition: int) -> tuple[CustomerProfile | None, int]:
+        """The customer's profile and the offset of the last purchase from ``partition`` it holds (-1: none)."""
+        cached = self._profile_cache.get(key)
+        if cached is None:
             stored = self.profiles.get(key)
-            profile = CustomerProfile.from_dict(stored) if stored else None
-        return profile
+            if not stored:
+                return None, -1
+            source, offset = stored.get("o") or (-1, -1)
+            cached = self._profile_cache[key] = (CustomerProfile.from_dict(stored), int(source), int(offset))
+        profile, source, offset = cached
+        return profile, offset if source == partition else -1
 
     # ------------------------------------------------------------ surveys -> segment slices
 
@@ -223,7 +270,7 @@ class Pipeline:
         self._draining = True
         try:
             self._received = 0
-            ready: list[PendingAnswer] = []
+            ready: dict[int, list[PendingAnswer]] = {}
             for partition, queue in list(self._pending.items()):
                 covered = -1  # the day start this partition's purchases are known to cover
                 while queue:
@@ -233,46 +280,84 @@ class Pipeline:
                         if not await self._purchases_cover(partition, day_start):
                             break
                         covered = day_start
-                    ready.append(queue.popleft())
+                    ready.setdefault(partition, []).append(queue.popleft())
             # Until their slices are queued these answers are neither held nor covered by a stream time: a
             # partition with answers in flight must not look idle, or a marker could overtake its slices.
-            self._in_flight = {pending.partition for pending in ready}
-            for start in range(0, len(ready), BATCH_SIZE):
-                await self._process_answers(ready[start:start + BATCH_SIZE])
+            self._in_flight = set(ready)
+            runs = {partition: self._runs(partition, answers) for partition, answers in ready.items()}
+            while any(runs.values()):
+                await self._process_answers([queue.popleft() for queue in runs.values() if queue])
             if self._dead_lettered:
                 await self.app.producer.flush()
                 acks, self._dead_lettered = self._dead_lettered, []
                 for event in acks:
                     event.ack()
-            self._apply_backpressure()
+            await self._apply_backpressure()
         finally:
             self._draining = False
             self._in_flight = set()
 
-    async def _process_answers(self, ready: list[PendingAnswer]) -> None:
-        attributes = await self.store.attributes([p.answer.customer_id for p in ready]) if self.store else {}
+    def _runs(self, partition: int, answers: list[PendingAnswer]) -> deque[list[PendingAnswer]]:
+        """A survey partition's ready answers cut into runs of at most BATCH_SIZE, never across the end of a run
+        forwarded before the last restart (so a replayed run has the same offsets, and counts once)."""
+        bounds = self._replay_bounds.get(partition)
+        if bounds is None:
+            stored = self.survey_runs.get(self._partition_key(b"survey-runs", partition)) or []
+            bounds = self._replay_bounds[partition] = deque(sorted(int(hi) for hi in stored))
+        runs: deque[list[PendingAnswer]] = deque()
+        run: list[PendingAnswer] = []
+        for pending in answers:
+            offset = pending.event.message.offset
+            while bounds and bounds[0] < offset:
+                bounds.popleft()
+                if run:
+                    runs.append(run)
+                    run = []
+            run.append(pending)
+            if len(run) >= BATCH_SIZE:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+        return runs
+
+    async def _record_runs(self, runs: list[list[PendingAnswer]]) -> None:
+        """Store, before forwarding, where each run ends (every end after the partition's committed offset)."""
+        for run in runs:
+            partition = run[0].partition
+            tp = TP(self.names.surveys, partition)
+            # Faust's last commit (the next offset to read); before any, every end is kept (up to a bound)
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0
+            ends = self._run_ends.setdefault(partition, deque(maxlen=MAX_RUN_ENDS))
+            while ends and ends[0] < committed:
+                ends.popleft()
+            ends.append(run[-1].event.message.offset)
+            self.survey_runs[self._partition_key(b"survey-runs", partition)] = list(ends)
+        await self.app.producer.flush()
+
+    async def _process_answers(self, runs: list[list[PendingAnswer]]) -> None:
+        """Forward runs of answers (one run per survey partition) as segment slices and triggers; acknowledge
+        the answers once all of it is delivered. Each slice record names its run, (survey partition, last
+        offset), so a segment counts a run once however often it is forwarded."""
+        await self._record_runs(runs)
+        answers = [pending for run in runs for pending in run]
+        attributes = await self.store.attributes([p.answer.customer_id for p in answers]) if self.store else {}
         partial = attributes is None
         triggers: list[RetargetTrigger] = []
-        items = []
         sent: list[Any] = []
         times: dict[int, int] = {}
-        for pending in ready:
-            answer = pending.answer
-            if attributes:
-                answer = enrich(answer, attributes.get(answer.customer_id))
-            items.extend(self.customer_stage.answer(answer, self._profile(answer.customer_id.encode()), triggers))
-            if answer.answered_at > times.get(pending.partition, -1):
-                times[pending.partition] = answer.answered_at
-        self.counters["surveys"] += len(ready)
-        for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
-            value = orjson.dumps({"s": segment_id, "t": start, "c": aggregate.counts.to_list(), "r": aggregate.refs,
-                                  "b": aggregate.breakdown})
-            if self._hierarchy.is_parent(segment_id):
-                # every slice partition keeps a replica of a parent segment: its children there need its baseline
-                for partition in range(self.partitions):
-                    sent.append(await self.slices.send(key=segment_id.encode(), value=value, partition=partition))
-            else:
-                sent.append(await self.slices.send(key=segment_id.encode(), value=value))
+        for run in runs:
+            source = run[0].partition
+            items = []
+            for pending in run:
+                answer = pending.answer
+                if attributes:
+                    answer = enrich(answer, attributes.get(answer.customer_id))
+                items.extend(self.customer_stage.answer(answer, self._profile(answer.customer_id.encode()), triggers))
+                if answer.answered_at > times.get(source, -1):
+                    times[source] = answer.answered_at
+            sent.extend(await self._send_slices(items, source, run[-1].event.message.offset))
+        self.counters["surveys"] += len(answers)
         sent.extend(await self._send_triggers(triggers, partial))
         # Only after the slices are queued: a watermark marker never overtakes the data it covers.
         for partition, latest in times.items():
@@ -281,20 +366,52 @@ class Pipeline:
         # Delivered before acknowledged, so a stop or crash loses nothing. Waits for these records only,
         # not for the whole producer (the purchases agent's changelog may have a long queue).
         await asyncio.gather(*sent)
-        for pending in ready:
+        for pending in answers:
             pending.event.ack()
 
-    def _apply_backpressure(self) -> None:
-        consumer = self.app.consumer
-        surveys = [tp for tp in consumer.assignment() if tp.topic == self.names.surveys]
+    async def _send_slices(self, items: list[Any], source: int, last_offset: int) -> list[Any]:
+        """One run's answers pre-aggregated per (segment, slice), sent as one record per slice partition (in
+        parts) rather than one per slice: the segments agent decodes a few large records, not thousands."""
+        by_partition: dict[int, list[list[Any]]] = {}
+        for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
+            entry = [segment_id, start, aggregate.counts.to_list(), aggregate.refs, aggregate.breakdown]
+            if self._hierarchy.is_parent(segment_id):
+                # every slice partition keeps a replica of a parent segment: its children there need its baseline
+                for partition in range(self.partitions):
+                    by_partition.setdefault(partition, []).append(entry)
+            else:
+                by_partition.setdefault(self.partition_of(segment_id), []).append(entry)
+        sent = []
+        for partition, entries in sorted(by_partition.items()):
+            for part, first in enumerate(range(0, len(entries), SLICES_PER_RECORD)):
+                value = orjson.dumps({"run": [source, last_offset, part], "v": entries[first:first + SLICES_PER_RECORD]})
+                sent.append(await self.slices.send(key=None, value=value, partition=partition))
+        return sent
+
+    async def _apply_backpressure(self) -> None:
         waiting = sum(len(queue) for queue in self._pending.values())
         if not self._paused and waiting >= MAX_PENDING_ANSWERS:
-            consumer.pause_partitions(surveys)
             self._paused = True
+            await self._fetch_surveys(False)
             log.info("%d answers wait for purchases of earlier days; survey partitions paused", waiting)
         elif self._paused and waiting <= MAX_PENDING_ANSWERS // 2:
-            consumer.resume_partitions(surveys)
             self._paused = False
+            await self._fetch_surveys(True)
+            log.info("%d answers wait for purchases of earlier days; survey partitions resumed", waiting)
+
+    async def _fetch_surveys(self, fetch: bool) -> None:
+        """Pause or resume fetching the assigned survey partitions in the Kafka client itself: records it
+        fetched but did not hand over are fetched again on resume. (Faust's ``pause_partitions`` drops the
+        records of a partition it pauses mid-batch while the client's position moves past them: those
+        answers were lost to the worker and its offset commits stalled at the gap.)"""
+        thread = self.app.consumer._thread  # Faust's aiokafka consumer runs on this thread's event loop
+        topic = self.names.surveys
+
+        def apply() -> None:
+            client = thread._ensure_consumer()
+            surveys = [tp for tp in client.assignment() if tp.topic == topic]
+            (client.resume if fetch else client.pause)(*surveys)
+        await thread.call_thread(apply)
 
     async def _purchases_cover(self, partition: int, day_start: int) -> bool:
         if self._purchase_times.get(partition, -1) >= day_start:
@@ -355,8 +472,13 @@ class Pipeline:
 
     async def handle_slices(self, batch: Sequence[EventT]) -> None:
         touched: dict[int, set[str]] = {}
+        assigned = self.app.consumer.assignment()
         for event in batch:
             message = event.message
+            if message.tp not in assigned:
+                continue  # revoked while this batch was taken: its next owner reads it from the commit
+            message.incref()  # Faust acknowledges the batch; this reference holds it until the checkpoint
+            self._held.append(event)
             partition = message.partition
             stage = self._stage(partition)
             changed = touched.setdefault(partition, set())
@@ -365,37 +487,71 @@ class Pipeline:
                 if "m" in data:
                     self._trackers[partition].update(int(data["m"]), data["t"], bool(data["idle"]))
                     continue
-                segment_id, start = data["s"], int(data["t"])
-                counts = NpsCounts.from_list(data["c"])
-                refs = [tuple(ref) for ref in data["r"]]
-                breakdown = {str(key): [int(n), int(d)] for key, (n, d) in data.get("b", {}).items()}
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
+                entries = [(str(segment_id), int(start), NpsCounts.from_list(counts), [tuple(ref) for ref in refs],
+                            {str(key): [int(n), int(d)] for key, (n, d) in breakdown.items()})
+                           for segment_id, start, counts, refs, breakdown in data["v"]]
+                source, run_end, part = (int(x) for x in data["run"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
                 await self.send_dead_letter(message, "", f"malformed segment slice: {type(error).__name__}")
                 continue
-            try:
-                stage.add_slice(segment_id, start, counts, refs, breakdown)  # type: ignore[arg-type]
-            except LateAnswer:
-                if not stage.owns(segment_id):
-                    continue  # a replica: the owner partition reports it
-                self.counters["late_answers"] += counts.total
-                await self.send_dead_letter(message, "answered_at", (
-                    f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they arrived "
-                    "(beyond the grace period)"))
-                continue
-            changed.add(segment_id)
+            applied = self._applied.get(partition)
+            if applied is None:
+                continue  # revoked during an await above
+            run = [run_end, part]
+            fresh: dict[str, bool] = {}  # segment -> run not yet counted (a record holds several slices of one)
+            for segment_id, start, counts, refs, breakdown in entries:
+                if (new := fresh.get(segment_id)) is None:
+                    runs = applied.setdefault(segment_id, {})
+                    new = fresh[segment_id] = run > runs.get(source, [-1, -1])
+                    if new:
+                        runs[source] = run
+                if not new:
+                    continue  # a run forwarded again after a restart: the checkpointed state already counts it
+                try:
+                    stage.add_slice(segment_id, start, counts, refs, breakdown)  # type: ignore[arg-type]
+                except LateAnswer:
+                    if not stage.owns(segment_id):
+                        continue  # a replica: the owner partition reports it
+                    self.counters["late_answers"] += counts.total
+                    await self.send_dead_letter(message, "answered_at", (
+                        f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they "
+                        "arrived (beyond the grace period)"), value=orjson.dumps(
+                            [segment_id, start, counts.to_list(), refs, breakdown]))
+                    continue
+                changed.add(segment_id)
         out = Outputs()
         for partition, changed in touched.items():
-            stage = self._stages[partition]
+            stage = self._stages.get(partition)
+            if stage is None:
+                continue  # revoked meanwhile
             watermark = self._trackers[partition].watermark()
             if watermark is not None:
                 out.extend(stage.advance(watermark))
                 changed.update(stage.last_closed)
-            for segment_id in changed:
-                self.segments[self._table_key(segment_id, partition)] = {
-                    "p": partition, "s": segment_id, **stage.segments[segment_id].to_dict()}
+            self._dirty.setdefault(partition, set()).update(changed)
         await self._publish(out)
-        # Changelog and outputs delivered before the batch is acknowledged (when this returns).
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_SECONDS:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Write every changed segment's state with the last run it counted from each survey partition, wait
+        until the changelog and the outputs are delivered, then acknowledge the slice records it holds. A crash
+        before this point redelivers those records (and maybe forwards their answers again): the stored runs
+        let each through once."""
+        self._checkpointed = time.monotonic()
+        dirty, self._dirty = self._dirty, {}
+        for partition, changed in dirty.items():
+            stage, applied = self._stages.get(partition), self._applied.get(partition)
+            if stage is None or applied is None:
+                continue  # revoked: its next owner replays from the commit
+            for segment_id in changed:
+                runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
+                self.segments[self._table_key(segment_id, partition)] = {
+                    "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}
+        held, self._held = self._held, []
         await self.app.producer.flush()
+        for event in held:
+            event.ack()
 
     def _stage(self, partition: int) -> SegmentStage:
         stage = self._stages.get(partition)
@@ -403,9 +559,13 @@ class Pipeline:
             stage = self._stages[partition] = SegmentStage(
                 self.settings, self._retargeter, owns=lambda segment_id: self.partition_of(segment_id) == partition)
             self._trackers[partition] = WatermarkTracker(self.partitions, self.settings.windows.grace_ms)
+            applied = self._applied[partition] = {}
             for key, value in list(self.segments.items()):
                 if value and value.get("p") == partition:
-                    stage.load(value.get("s") or key.decode(), SegmentState.from_dict(value))
+                    segment_id = value.get("s") or key.decode()
+                    stage.load(segment_id, SegmentState.from_dict(value))
+                    applied[segment_id] = {int(source): [int(end), int(part)]
+                                           for source, (end, part) in (value.get("o") or {}).items()}
         return stage
 
     def partition_of(self, segment_id: str) -> int:
@@ -417,14 +577,16 @@ class Pipeline:
         partitioned by key, so a replica of a segment owned elsewhere gets a key that hashes to this partition
         (its state is then recovered with the partition's other segments)."""
         key = segment_id.encode()
-        if self.partition_of(segment_id) == partition:
-            return key
-        cached = self._replica_keys.get((segment_id, partition))
+        return key if self.partition_of(segment_id) == partition else self._partition_key(key, partition)
+
+    def _partition_key(self, key: bytes, partition: int) -> bytes:
+        """``key`` with the shortest suffix that makes the murmur2 partitioner pick ``partition``."""
+        cached = self._replica_keys.get((key, partition))
         if cached is None:
             suffix = 0
             while partition_for(cached := key + b"@" + str(suffix).encode(), self.partitions) != partition:
                 suffix += 1
-            self._replica_keys[(segment_id, partition)] = cached
+            self._replica_keys[(key, partition)] = cached
         return cached
 
     async def _publish(self, out: Outputs) -> None:
@@ -464,13 +626,14 @@ class Pipeline:
         self.counters["triggers"] += len(sent)
         return sent
 
-    async def send_dead_letter(self, message: Message, field: str, reason: str) -> None:
+    async def send_dead_letter(self, message: Message, field: str, reason: str, *, value: bytes | None = None) -> None:
+        """The message's bytes (or ``value``: the offending part of it) with the reason and its source."""
         self.counters["dead_letters"] += 1
         headers = [("npspulse.reason", reason.encode()), ("npspulse.field", field.encode()),
                    ("npspulse.source.topic", message.topic.encode()),
                    ("npspulse.source.partition", str(message.partition).encode()),
                    ("npspulse.source.offset", str(message.offset).encode())]
-        await self.dead_letter.send(key=message.key, value=message.value, headers=headers)
+        await self.dead_letter.send(key=message.key, value=message.value if value is None else value, headers=headers)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -11,7 +11,7 @@ from processors.config import ConfigError, KafkaSettings
 class TopicNames:
     surveys: str
     purchases: str
-    segment_slices: str  # internal: answers pre-aggregated per (segment, slice), keyed by segment
+    segment_slices: str  # internal: answers pre-aggregated per (segment, slice), on the owning partition
     alerts: str
     windows: str  # every closed window of every segment: counts, NPS and interval
     retarget: str
