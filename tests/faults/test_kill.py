@@ -15,7 +15,6 @@ from tests.faults.harness import PacedProducer, describe, report, scenario
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
-
 def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
     run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url)
     rng = random.Random(1208)
