@@ -26,7 +26,9 @@ demo: $(STAMP)
 	$(VENV)/bin/npspulse replay $(DEMO_DIR)/stream.jsonl --out-dir $(DEMO_DIR)
 
 # Starts a real Kafka broker (KRaft) and a real Redis on loopback, runs the whole suite, stops both.
+# The dashboard's browser test needs Debian's Chromium: installed with apt once if missing.
 test: $(STAMP)
+	bash deploy/local/ensure-chromium.sh
 	deploy/local/with-services.sh $(PY) -m pytest -q
 
 unit: $(STAMP)

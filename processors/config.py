@@ -12,19 +12,20 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from processors.baseline import BaselineSettings
-from processors.delivery import DEFAULT_CUSTOMER_CAP, Cap, DeliverySettings
+from processors.delivery import DEFAULT_CUSTOMER_CAP, PRIORITIES, Cap, DeliverySettings
 from processors.events import DEFAULT_MAX_FUTURE_MS
-from processors.nps import Loyalty
+from processors.nps import Loyalty, classify
 from processors.profiles import ProfileSettings
 from processors.retarget import CampaignRule
-from processors.segments import EVENT_DIMENSIONS, TIER_DIMENSION, BandDimension, SegmentationSettings
+from processors.segments import ALL_SEGMENT, EVENT_DIMENSIONS, TIER_DIMENSION, BandDimension, SegmentationSettings
 from processors.spikes import DetectionSettings
 from processors.timeparse import DAY_MS, MINUTE_MS, format_duration_ms, parse_duration_ms
 from processors.windows import WindowSettings, WindowSpec
 
+DEFAULT_DEDUP_HORIZON_MS = 600_000  # an event id seen again within 10 minutes of event time counts once
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PRIORITIES = ("low", "normal", "high", "urgent")
+_PRIORITIES = PRIORITIES
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,7 @@ class EngineSettings:
     detection: DetectionSettings
     campaigns: tuple[CampaignRule, ...]
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    dedup_horizon_ms: int = DEFAULT_DEDUP_HORIZON_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +96,23 @@ def config_from_dict(doc: Mapping[str, Any]) -> Config:
     """Validate a parsed config document (TOML) and build the typed settings."""
     _known_keys(doc, _SECTIONS, "")
     events = _table(doc, "events")
-    _known_keys(events, ("max_future",), "events")
+    _known_keys(events, ("max_future", "dedup_horizon"), "events")
     windows = _windows(_table(doc, "windows"))
+    profiles = _profiles(_table(doc, "profiles"))
+    segmentation = _segmentation(_table(doc, "segmentation"), _table(doc, "dimensions"))
     engine = EngineSettings(
-        profiles=_profiles(_table(doc, "profiles")),
-        segmentation=_segmentation(_table(doc, "segmentation"), _table(doc, "dimensions")),
+        profiles=profiles,
+        segmentation=segmentation,
         windows=windows,
         detection=_detection(_table(doc, "detection"), windows),
-        campaigns=_campaigns(doc.get("campaigns", _DEFAULT_CAMPAIGNS)),
+        campaigns=_campaigns(doc["campaigns"] if "campaigns" in doc else _default_campaigns(profiles), segmentation,
+                             profiles),
         max_future_ms=_duration(events, "max_future", "events", DEFAULT_MAX_FUTURE_MS),
+        dedup_horizon_ms=_duration(events, "dedup_horizon", "events", DEFAULT_DEDUP_HORIZON_MS, minimum_ms=0),
     )
     return Config(engine=engine, kafka=_kafka(_table(doc, "kafka")), redis=_redis(_table(doc, "redis")),
                   worker=_worker(_table(doc, "worker")),
-                  delivery=_delivery(_table(doc, "delivery"), doc.get("campaigns", _DEFAULT_CAMPAIGNS)))
+                  delivery=_delivery(_table(doc, "delivery"), doc.get("campaigns", [])))
 
 
 # ---------------------------------------------------------------- sections
@@ -271,47 +277,69 @@ def _number(section: Mapping[str, Any], key: str, where: str, default: float, ex
     return float(value)
 
 
-_DEFAULT_CAMPAIGNS = [
-    {"id": "service-recovery", "on": "alert", "loyalty": ["detractor"], "segments": ["*"],
-     "channel": "email", "priority": "high", "expires_after": "3d"},
-    {"id": "referral-ask", "on": "answer", "loyalty": ["promoter"], "segments": ["*"],
-     "channel": "email", "priority": "normal", "expires_after": "7d"},
-]
+# The shipped campaigns (README "Campaigns", and processors/npspulse.toml, which spells them out): close the
+# loop with every detractor (high priority for high-value customers), service recovery for the detractors of a
+# segment in a spike, a referral ask for promoters (low priority: it never holds back the others under the
+# per-customer cap), and a nudge for high-value passives. High value: the two highest tiers of [profiles]
+# (gold and platinum by default).
+def _default_campaigns(profiles: ProfileSettings) -> list[dict[str, Any]]:
+    high_value = [name for name, _ in profiles.tiers[-2:]] or [profiles.base_tier]
+    return [
+        {"id": "service-recovery", "in_spike": True, "loyalty": ["detractor"], "segments": ["*"],
+         "channel": "email", "priority": "high", "expires_after": "3d",
+         "reason": "detractor during a segment spike: service recovery"},
+        {"id": "detractor-follow-up", "loyalty": ["detractor"], "segments": ["*"], "channel": "email",
+         "priority": "normal", "priority_by_tier": dict.fromkeys(high_value, "high"), "expires_after": "3d",
+         "reason": "detractor: close the loop"},
+        {"id": "referral-ask", "loyalty": ["promoter"], "segments": ["*"],
+         "channel": "email", "priority": "low", "expires_after": "7d", "reason": "promoter: ask for a referral"},
+        {"id": "passive-nudge", "loyalty": ["passive"], "tiers": high_value, "segments": ["*"],
+         "channel": "email", "priority": "normal", "expires_after": "7d",
+         "reason": "high-value passive: nudge towards promoter"},
+    ]
 
 
-def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
+_CAMPAIGN_KEYS = ("id", "in_spike", "on", "loyalty", "scores", "segments", "tiers", "channel", "priority",
+                  "priority_by_tier", "expires_after", "reason", "cap")
+
+
+def _campaigns(raw: Any, segmentation: SegmentationSettings, profiles: ProfileSettings) -> tuple[CampaignRule, ...]:
     if not isinstance(raw, list):
         raise ConfigError("campaigns", "must be an array of tables", "write each rule as [[campaigns]]")
+    tier_names = [name for name, _ in profiles.tiers] + [profiles.base_tier, profiles.no_purchase_tier]
     rules: list[CampaignRule] = []
     for index, item in enumerate(raw):
         path = f"campaigns[{index}]"
         item = _mapping(item, path)
-        _known_keys(item, ("id", "on", "loyalty", "segments", "tiers", "channel", "priority", "expires_after",
-                           "reason", "cap"), path)
+        _known_keys(item, _CAMPAIGN_KEYS, path)
         campaign_id = item.get("id")
         if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.match(campaign_id):
             raise ConfigError(f"{path}.id", f"{campaign_id!r} is not a campaign id",
                               "use letters, digits, '-', '_' or '.', e.g. id = 'service-recovery'")
         if any(rule.campaign_id == campaign_id for rule in rules):
             raise ConfigError(f"{path}.id", f"duplicate campaign id {campaign_id!r}", "give each campaign its own id")
-        on = item.get("on", "answer")
-        if on not in ("answer", "alert"):
-            raise ConfigError(f"{path}.on", f"{on!r} is not a trigger source", "use on = 'answer' or on = 'alert'")
-        loyalty_raw = item.get("loyalty")
-        valid = [member.value for member in Loyalty]
-        if not isinstance(loyalty_raw, list) or not loyalty_raw or any(x not in valid for x in loyalty_raw):
-            raise ConfigError(f"{path}.loyalty", f"{loyalty_raw!r} is not a list of loyalty classes",
-                              f"use a non-empty subset of {valid}")
+        loyalty, scores = _campaign_scores(item, path)
         segments = item.get("segments", ["*"])
         if not isinstance(segments, list) or not segments or not all(isinstance(s, str) and s for s in segments):
             raise ConfigError(f"{path}.segments", f"{segments!r} is not a list of segment patterns",
                               "e.g. segments = ['region=EU|*'] or ['*']")
+        for number, pattern in enumerate(segments):
+            _check_segment_pattern(pattern, segmentation, f"{path}.segments[{number}]")
         tiers = item.get("tiers")
-        if tiers is not None and (not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers)):
-            raise ConfigError(f"{path}.tiers", f"{tiers!r} is not a list of tier names", "e.g. tiers = ['gold']")
+        if tiers is not None:
+            if not isinstance(tiers, list) or not tiers or not all(isinstance(t, str) for t in tiers):
+                raise ConfigError(f"{path}.tiers", f"{tiers!r} is not a list of tier names", "e.g. tiers = ['gold']")
+            for tier in tiers:
+                _check_tier(tier, tier_names, f"{path}.tiers")
         priority = item.get("priority", "normal")
         if priority not in _PRIORITIES:
             raise ConfigError(f"{path}.priority", f"{priority!r} is not a priority", f"use one of {list(_PRIORITIES)}")
+        by_tier = _mapping(item.get("priority_by_tier", {}), f"{path}.priority_by_tier")
+        for tier, tier_priority in by_tier.items():
+            _check_tier(tier, tier_names, f"{path}.priority_by_tier")
+            if tier_priority not in _PRIORITIES:
+                raise ConfigError(f"{path}.priority_by_tier.{tier}", f"{tier_priority!r} is not a priority",
+                                  f"use one of {list(_PRIORITIES)}")
         channel = item.get("channel", "email")
         if not isinstance(channel, str) or not channel:
             raise ConfigError(f"{path}.channel", f"{channel!r} is not a channel", "e.g. channel = 'email'")
@@ -319,12 +347,86 @@ def _campaigns(raw: Any) -> tuple[CampaignRule, ...]:
         if not isinstance(reason, str):
             raise ConfigError(f"{path}.reason", "must be a string", "e.g. reason = 'close the loop'")
         rules.append(CampaignRule(
-            campaign_id=campaign_id, on=on, loyalty=frozenset(Loyalty(x) for x in loyalty_raw),
+            campaign_id=campaign_id, on="alert" if _in_spike(item, path) else "answer", loyalty=loyalty,
             segments=tuple(segments), tiers=None if tiers is None else frozenset(tiers), channel=channel,
             priority=priority, expires_after_ms=_duration(item, "expires_after", path, 7 * 86_400_000),
-            reason=reason,
+            reason=reason, scores=scores, priority_by_tier=tuple(sorted(by_tier.items())),
         ))
     return tuple(rules)
+
+
+def _in_spike(item: Mapping[str, Any], path: str) -> bool:
+    """``in_spike = true``; ``on = "alert"`` is its older spelling (``on = "answer"``: in_spike = false)."""
+    in_spike = item.get("in_spike")
+    if in_spike is not None and not isinstance(in_spike, bool):
+        raise ConfigError(f"{path}.in_spike", f"{in_spike!r} is not true or false",
+                          "in_spike = true: only answers of a segment in an active spike")
+    on = item.get("on")
+    if on is None:
+        return bool(in_spike)
+    if on not in ("answer", "alert"):
+        raise ConfigError(f"{path}.on", f"{on!r} is not a trigger source",
+                          "use in_spike = true (or the older on = 'alert'), or leave it out for every answer")
+    if in_spike is not None and in_spike != (on == "alert"):
+        raise ConfigError(f"{path}.on", f"on = {on!r} contradicts in_spike = {str(in_spike).lower()}",
+                          "remove on (in_spike replaces it)")
+    return on == "alert"
+
+
+def _campaign_scores(item: Mapping[str, Any], path: str) -> tuple[frozenset[Loyalty], tuple[int, int]]:
+    """The loyalty classes and the inclusive score range of a rule: at least one of them, both non-empty and
+    with scores in common."""
+    valid = [member.value for member in Loyalty]
+    if "loyalty" not in item and "scores" not in item:
+        raise ConfigError(f"{path}.loyalty", "missing (a rule needs loyalty or scores)",
+                          "e.g. loyalty = ['detractor'] or scores = [0, 3]")
+    loyalty_raw = item.get("loyalty", valid)
+    if not isinstance(loyalty_raw, list) or not loyalty_raw or any(x not in valid for x in loyalty_raw):
+        raise ConfigError(f"{path}.loyalty", f"{loyalty_raw!r} is not a list of loyalty classes",
+                          f"use a non-empty subset of {valid}")
+    scores = item.get("scores", [0, 10])
+    if (not isinstance(scores, list) or len(scores) != 2 or any(type(x) is not int for x in scores)
+            or not 0 <= scores[0] <= scores[1] <= 10):
+        raise ConfigError(f"{path}.scores", f"{scores!r} is not a score range",
+                          "give the lowest and highest score matched, 0 <= low <= high <= 10, e.g. scores = [0, 3]")
+    loyalty = frozenset(Loyalty(x) for x in loyalty_raw)
+    if not any(classify(score) in loyalty for score in range(scores[0], scores[1] + 1)):
+        raise ConfigError(f"{path}.scores", f"{scores!r} has no score of loyalty {sorted(loyalty_raw)}",
+                          "widen the range or change loyalty (detractors 0-6, passives 7-8, promoters 9-10)")
+    return loyalty, (scores[0], scores[1])
+
+
+def _check_segment_pattern(pattern: str, segmentation: SegmentationSettings, path: str) -> None:
+    """A pattern must be able to match a configured segment: each ``name=`` names a dimension of a configured
+    segment, and a pattern without wildcards is the id of one (dimensions in the configured order)."""
+    if pattern != pattern.strip() or pattern.count("[") != pattern.count("]"):
+        raise ConfigError(path, f"{pattern!r} is not a segment pattern",
+                          "write segment ids with shell wildcards, e.g. 'region=EU|*' or '*'")
+    crosses = segmentation.segments
+    if pattern == ALL_SEGMENT:
+        if () not in crosses:
+            raise ConfigError(path, "the segment 'all' is not configured", "add 'all' to [segmentation] segments")
+        return
+    dimensions = {name for cross in crosses for name in cross}
+    wild = any(char in pattern for char in "*?[")
+    names: list[str] = []
+    for part in pattern.split("|"):
+        name, sep, _ = part.partition("=")
+        if not sep and not wild:
+            raise ConfigError(path, f"{pattern!r} is not a segment id",
+                              "write name=value pairs joined by '|', e.g. 'region=EU|tier=gold', or use wildcards")
+        if sep and not any(char in name for char in "*?[") and name not in dimensions:
+            raise ConfigError(path, f"{pattern!r} names {name!r}, which no configured segment has",
+                              f"use one of {sorted(dimensions)} or add a segment with it to [segmentation]")
+        names.append(name)
+    if not wild and tuple(names) not in crosses:
+        raise ConfigError(path, f"{pattern!r} is not a configured segment",
+                          f"configure the segment '{' x '.join(names)}' or use a pattern such as '{names[0]}=*|*'")
+
+
+def _check_tier(tier: Any, tier_names: list[str], path: str) -> None:
+    if tier not in tier_names:
+        raise ConfigError(path, f"{tier!r} is not a value tier", f"use one of {tier_names} (see [profiles] tiers)")
 
 
 def _delivery(section: Mapping[str, Any], campaigns: list[Any]) -> DeliverySettings:

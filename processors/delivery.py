@@ -12,7 +12,12 @@ cases against both. The rules, in the order they are checked:
    ``(s - P, s]`` of trigger time, so a trigger at ``t`` is admitted only if no such window containing ``t``
    already holds ``N`` sent triggers, whatever the arrival order. History is kept ``2 P`` behind the newest
    sent trigger; a trigger whose windows reach back into history already trimmed (more than ``P`` older than
-   a sent one) cannot be checked and is capped;
+   a sent one) cannot be checked and is capped. The customer cap is **priority-aware**: a trigger of
+   priority ``p`` counts only the sent triggers of priority ``p`` or higher, so lower-priority triggers (a
+   referral ask) never use up the allowance of higher ones (service recovery). Per customer there is one
+   history per priority band ``p``, holding every sent trigger of priority ``>= p``. In any period a customer
+   receives at most ``N`` triggers of each priority level, and at most ``N`` in all unless higher-priority
+   triggers come after lower ones have reached the cap (at worst ``N`` x the four levels);
 4. otherwise **sent**: it counts towards both caps and joins the campaign's audience.
 
 Time is the trigger's ``created_at`` (event time), never the clock. Only sent triggers count towards caps and
@@ -32,6 +37,19 @@ from processors.events import RetargetTrigger
 from processors.timeparse import DAY_MS
 
 HOUSEKEEPING_EVERY = 4096  # fewest admissions between sweeps of cap histories no window can reach any more
+PRIORITIES = ("low", "normal", "high", "urgent")  # lowest first
+_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+
+
+def priority_rank(priority: str) -> int:
+    """The rank of a trigger priority (0 lowest); an unknown priority ranks as ``normal``."""
+    return _RANK.get(priority, _RANK["normal"])
+
+
+def priority_bands(priority: str) -> tuple[str, ...]:
+    """The customer-cap bands a sent trigger of this priority counts in: every band up to its own, lowest
+    first. A trigger is checked against the last one (the sent triggers of its priority or higher)."""
+    return PRIORITIES[:priority_rank(priority) + 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +143,7 @@ class DeliveryPolicy:
         self._seen: dict[str, Outcome] = {}  # trigger id -> first outcome
         self._seen_order: list[tuple[int, str]] = []  # heap of (clock when decided, trigger id)
         self._campaign_sent: dict[tuple[str, str], History] = {}  # (campaign, customer) -> sent history
-        self._customer_sent: dict[str, History] = {}
+        self._customer_sent: dict[tuple[str, str], History] = {}  # (customer, priority band) -> sent history
         self._audiences: dict[str, dict[str, int]] = {}  # campaign -> customer -> latest trigger time
         self._audience_heaps: dict[str, list[tuple[int, str]]] = {}
         self._clock: int | None = None  # latest event time seen: bounds memory only
@@ -179,13 +197,15 @@ class DeliveryPolicy:
         campaign_history = self._campaign_sent.get(campaign_key) or History()
         if campaign_cap is not None and not campaign_history.fits(t, campaign_cap):
             return Decision(trigger_id, Outcome.CAPPED, CAPPED_BY_CAMPAIGN)
-        customer_history = self._customer_sent.get(trigger.customer_id) or History()
-        if customer_cap is not None and not customer_history.fits(t, customer_cap):
+        bands = priority_bands(trigger.priority)
+        own_band = self._customer_sent.get((trigger.customer_id, bands[-1])) or History()
+        if customer_cap is not None and not own_band.fits(t, customer_cap):
             return Decision(trigger_id, Outcome.CAPPED, CAPPED_BY_CUSTOMER)
         if campaign_cap is not None:
             self._campaign_sent.setdefault(campaign_key, campaign_history).record(t, campaign_cap)
         if customer_cap is not None:
-            self._customer_sent.setdefault(trigger.customer_id, customer_history).record(t, customer_cap)
+            for band in bands:
+                self._customer_sent.setdefault((trigger.customer_id, band), History()).record(t, customer_cap)
         self._join_audience(trigger.campaign_id, trigger.customer_id, t)
         return Decision(trigger_id, Outcome.SENT)
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from processors.config import EngineSettings
+from processors.dedup import RecentEvents
 from processors.events import AlertEvent, EventError, Purchase, RetargetTrigger, SurveyResponse
-from processors.nps import NpsCounts, classify
+from processors.nps import Loyalty, NpsCounts, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy, Segmenter
 from processors.spikes import SpikeDetector, SpikeState
-from processors.timeparse import DAY_MS
+from processors.timeparse import DAY_MS, format_duration_ms
 from processors.windows import AnswerRef, Breakdown, SegmentWindows, Slice, WindowResult, count_drivers
 
 
@@ -77,14 +79,19 @@ class CustomerStage:
                triggers: list[RetargetTrigger] | None = None) -> list[SegmentAnswer]:
         """The segment answers of one survey response given the customer's profile (None: no purchases);
         answer-driven triggers are appended to ``triggers``."""
-        tier = profile.tier(answer.answered_at, self.settings.profiles) if profile else \
-            self.settings.profiles.no_purchase_tier
+        profiles = self.settings.profiles
+        if profile is None:
+            tier, value = profiles.no_purchase_tier, 0
+        else:
+            rfm = profile.rfm(answer.answered_at, profiles.horizon_days)
+            tier, value = profiles.tier_for(rfm.frequency, rfm.monetary), to_cents(rfm.monetary)
         values = self.segmenter.dimension_values(answer, tier)
         memberships = self.segmenter.memberships_of(values)
         if triggers is not None:
             triggers.extend(self.retargeter.for_answer(answer, memberships, tier))
-        keep = classify(answer.score) in self.retargeter.alert_loyalties
-        ref = (answer.event_id, answer.customer_id, answer.score, tier) if keep else None
+        # Kept for in-spike campaigns, and every detractor for the revenue at risk of an alert.
+        keep = answer.score in self.retargeter.alert_scores or classify(answer.score) is Loyalty.DETRACTOR
+        ref = (answer.event_id, answer.customer_id, answer.score, tier, value) if keep else None
         drivers = self.segmenter.driver_values(answer, tier, values)
         return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, drivers) for segment in memberships]
 
@@ -198,18 +205,44 @@ class SegmentStage:
         events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain)
         if not self.owns(segment_id):
             return
-        out.alerts.extend(events)
-        # Alert-driven campaigns act on the segment's kept answers from the onset (as far back as the windows
-        # keep slices: the longest window) to the slice that resolves the alert.
+        windows = self.segments[segment_id].windows
+        out.alerts.extend(self._with_revenue(event, windows) for event in events)
+        # In-spike campaigns act on the segment's kept answers from the onset (at most the longest window back:
+        # the windows always keep that much, whatever the watermark's steps) to the slice that resolves the alert.
         opened = next((e for e in events if e.kind == "opened"), None)
         if opened is not None:
-            answers = self.segments[segment_id].windows.answers_between(opened.onset_at, opened.at)
+            answers = windows.answers_between(self._since(opened), opened.at)
             out.triggers.extend(self.retargeter.for_alert(segment_id, opened.alert_id, opened.severity, opened.at,
                                                           answers))
         elif open_before is not None:
             at = start + self.settings.windows.slice_ms
             out.triggers.extend(self.retargeter.for_alert(segment_id, open_before.alert_id, open_before.severity, at,
                                                           piece.answers))
+
+    def _since(self, event: AlertEvent) -> int:
+        """Where an alert's look-back starts: its onset, at most the longest window before ``at``."""
+        return max(event.onset_at, event.at - self.settings.windows.longest_ms)
+
+    def _with_revenue(self, event: AlertEvent, windows: SegmentWindows) -> AlertEvent:
+        since = self._since(event)
+        cents, customers = revenue_at_risk(windows.answers_between(since, event.at))
+        return replace(event, revenue_at_risk_cents=cents, at_risk_customers=customers,
+                       currency=self.settings.profiles.currency, revenue_since=since)
+
+
+def revenue_at_risk(answers: Iterable[AnswerRef]) -> tuple[int, int]:
+    """(summed value in cents, count) of the distinct customers among the detractor answers; a customer who
+    answered more than once counts once, at their highest value. Independent of the answers' order."""
+    values: dict[str, int] = {}
+    for ref in answers:
+        if classify(ref[2]) is Loyalty.DETRACTOR:
+            values[ref[1]] = max(values.get(ref[1], 0), ref[4])
+    return sum(values.values()), len(values)
+
+
+def to_cents(amount: Decimal) -> int:
+    """An amount in the base currency as whole cents (half up)."""
+    return int(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) * 100)
 
 
 def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tuple[str, int], SliceAggregate]:
@@ -253,6 +286,7 @@ class Engine:
         self.max_purchase_time: int | None = None
         self.late_answers = 0
         self._held: list[SurveyResponse] = []
+        self._recent = RecentEvents(settings.dedup_horizon_ms)
 
     @property
     def watermark(self) -> int | None:
@@ -261,8 +295,10 @@ class Engine:
         return self.max_event_time - self.settings.windows.grace_ms
 
     def process(self, event: SurveyResponse | Purchase) -> Outputs:
-        """Apply one event and return what it caused (closing windows it pushed the watermark past)."""
+        """Apply one event and return what it caused (closing windows it pushed the watermark past). An event
+        whose id was seen within the dedup horizon is refused with EventError (field ``event_id``)."""
         out = Outputs()
+        refuse_duplicate(self._recent, event)
         if isinstance(event, Purchase):
             # Purchases shape profiles only; answers alone drive the window watermark.
             self.customers.purchase(event)
@@ -325,3 +361,11 @@ class Engine:
             else:
                 waiting.append(answer)
         self._held = waiting
+
+
+def refuse_duplicate(recent: RecentEvents, event: SurveyResponse | Purchase) -> None:
+    """Raise EventError if the event's id was seen within the horizon (else remember it)."""
+    at = event.purchased_at if isinstance(event, Purchase) else event.answered_at
+    if not recent.first(event.event_id, at):
+        raise EventError("event_id", f"duplicate: event id seen within the last "
+                                     f"{format_duration_ms(recent.horizon_ms)} of event time")

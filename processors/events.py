@@ -372,6 +372,13 @@ class AlertEvent:
     statistic: float
     threshold: float
     drivers: tuple[Driver, ...] = ()
+    # Revenue at risk: the summed purchase value (profile horizon, 90 days by default; base currency) of the
+    # distinct customers who answered as detractors in the segment from ``revenue_since`` (the onset, at most
+    # the longest window before ``at``) to ``at``, and how many they are.
+    revenue_at_risk_cents: int = 0
+    at_risk_customers: int = 0
+    currency: str = ""
+    revenue_since: int = 0
 
     @property
     def id(self) -> str:
@@ -414,6 +421,9 @@ class AlertEvent:
             "excess_detractors": round(self.detractors - self.expected_detractors, 3),
             "statistic": round(self.statistic, 4), "threshold": round(self.threshold, 4),
             "drivers": [driver.to_dict() for driver in self.drivers],
+            "revenue_at_risk": {"amount": self.revenue_at_risk_cents / 100, "currency": self.currency,
+                                "customers": self.at_risk_customers, "since": self.revenue_since or self.onset_at,
+                                "since_iso": format_rfc3339_ms(self.revenue_since or self.onset_at)},
         }
 
 

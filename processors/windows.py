@@ -22,8 +22,10 @@ from typing import Any
 from processors.nps import Loyalty, NpsCounts, classify
 from processors.timeparse import MINUTE_MS
 
-# (event_id, customer_id, score, tier): what an alert-driven campaign needs to know about one answer.
-AnswerRef = tuple[str, str, int, str | None]
+# (event_id, customer_id, score, tier, value in cents): what in-spike campaigns and an alert's revenue at risk
+# need to know about one answer; the value is the customer's purchases over the profile horizon (90 days) in the
+# base currency, as of the answer's day.
+AnswerRef = tuple[str, str, int, str | None, int]
 # "dimension=value" -> [answers, detractors]: a slice's answers broken down by their attribute values, so an
 # alert can say which values carry a spike.
 Breakdown = dict[str, list[int]]
@@ -93,7 +95,8 @@ class Slice:
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
         breakdown = {key: [int(n), int(d)] for key, (n, d) in data[2].items()} if len(data) > 2 else {}
-        return cls(NpsCounts.from_list(data[0]), [tuple(ref) for ref in data[1]], breakdown)  # type: ignore[misc]
+        refs = [tuple(ref) if len(ref) > 4 else (*ref, 0) for ref in data[1]]  # state from before values: 0
+        return cls(NpsCounts.from_list(data[0]), refs, breakdown)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

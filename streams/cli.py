@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--optout", type=Path, default=None, metavar="FILE",
                      help="opted-out customer ids (one per line, '#' comments, or a CSV with a customer_id "
                           "column): they get no trigger")
+    rep.add_argument("--report", type=Path, default=None, metavar="FILE",
+                     help="also write a self-contained HTML report (segment table, NPS charts, alerts) here")
     rep.set_defaults(run=_replay)
 
     show = commands.add_parser("config", help="print the built-in default config (TOML, documented)")
@@ -181,7 +183,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from streams.customers import CustomerFileError, read_customer_ids
     from streams.replay import replay
-    from streams.report import render_summary
+    from streams.report import render_summary, write_html_report
 
     config = load_config(args.config)
     missing = [str(path) for path in args.files if not path.is_file()]
@@ -194,8 +196,11 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"npspulse replay: {error}", file=sys.stderr)
         return 2
     result = replay(args.files, config.engine, args.out_dir, delivery=config.delivery, optout=optout,
-                    progress=False if args.no_progress else None)
+                    progress=False if args.no_progress else None, keep_history=args.report is not None)
     print(render_summary(result, args.out_dir, top=args.top))
+    if args.report is not None:
+        write_html_report(result, args.report, ", ".join(path.name for path in args.files))
+        print(f"HTML report -> {args.report}")
     return 0
 
 

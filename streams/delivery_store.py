@@ -11,7 +11,10 @@ Keys, under a namespace derived from the topic prefix (``npspulse`` for ``npspul
 
 - ``{ns}:optout``: set of opted-out customer ids;
 - ``{ns}:delivery:seen:{trigger id}``: the first decision (``outcome:reason``), expiring after ``dedup_window``;
-- ``{ns}:delivery:cap:{campaign}:{customer}`` and ``{ns}:delivery:customer:{customer}``: sorted sets of sent
+- ``{ns}:delivery:cap:{campaign}:{customer}``, ``{ns}:delivery:customer:{customer}`` (every sent trigger: the
+  ``low`` priority band) and ``{ns}:delivery:customer:{customer}:{band}`` for the bands ``normal``, ``high``,
+  ``urgent`` (the sent triggers of that priority or higher; a trigger is checked against its own band and
+  recorded in it and every lower one): sorted sets of sent
   trigger ids scored by trigger time (ms), trimmed to ``2 x period`` behind the newest (member ``~trimmed``
   scores the newest time trimmed: a trigger whose windows reach back to it is capped, as it cannot be checked)
   and expiring ``2 x period`` after the last trigger sent;
@@ -37,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from processors.config import Config, KafkaSettings
-from processors.delivery import Cap, Decision, DeliverySettings, Outcome
+from processors.delivery import PRIORITIES, Cap, Decision, DeliverySettings, Outcome, priority_bands
 from processors.events import RetargetTrigger
 from streams.outage import RETRY_SECONDS, OutageTracker
 
@@ -51,7 +54,8 @@ CHUNK = 500  # triggers per MULTI/EXEC: Redis runs a transaction alone, so keep 
 SOCKET_TIMEOUT_SECONDS = 5.0
 _FAILURES = (RedisError, OSError, TimeoutError)
 
-# KEYS: 1 opt-out set, 2 seen key, 3 campaign cap zset, 4 customer cap zset, 5 audience zset
+# KEYS: 1 opt-out set, 2 seen key, 3 campaign cap zset, 4 audience zset, 5.. the customer cap zsets of the
+#       trigger's priority bands, lowest first (the last one, its own band, is checked; all are recorded)
 # ARGV: 1 customer id, 2 trigger id, 3 trigger time, 4 campaign max (0: none), 5 campaign period, 6 its key TTL,
 #       7 customer max (0: none), 8 customer period, 9 its key TTL, 10 dedup window, 11 audience retention
 #       (times in ms; TTLs come as integer strings: Lua may print a large number in exponent notation).
@@ -64,9 +68,9 @@ local function expect(key, kind)
     return redis.error_reply('WRONGTYPE npspulse delivery key ' .. key .. ' holds a ' .. found)
   end
 end
-for _, check in ipairs({{KEYS[1], 'set'}, {KEYS[2], 'string'}, {KEYS[3], 'zset'}, {KEYS[4], 'zset'},
-                        {KEYS[5], 'zset'}}) do
-  local err = expect(check[1], check[2])
+local kinds = {'set', 'string', 'zset'}
+for i = 1, #KEYS do
+  local err = expect(KEYS[i], kinds[i] or 'zset')
   if err then return err end
 end
 
@@ -108,7 +112,7 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   outcome = 'opted_out'
 elseif not fits(KEYS[3], campaign_max, campaign_period) then
   outcome, reason = 'capped', 'campaign'
-elseif not fits(KEYS[4], customer_max, customer_period) then
+elseif not fits(KEYS[#KEYS], customer_max, customer_period) then
   outcome, reason = 'capped', 'customer'
 end
 
@@ -126,10 +130,12 @@ end
 
 if outcome == 'sent' then
   record(KEYS[3], campaign_max, campaign_period, ARGV[6])
-  record(KEYS[4], customer_max, customer_period, ARGV[9])
-  redis.call('ZADD', KEYS[5], 'GT', ARGV[3], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', t - tonumber(ARGV[11]))
-  redis.call('PEXPIRE', KEYS[5], ARGV[11])
+  for i = 5, #KEYS do
+    record(KEYS[i], customer_max, customer_period, ARGV[9])
+  end
+  redis.call('ZADD', KEYS[4], 'GT', ARGV[3], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', t - tonumber(ARGV[11]))
+  redis.call('PEXPIRE', KEYS[4], ARGV[11])
 end
 redis.call('SET', KEYS[2], outcome .. ':' .. reason, 'NX', 'PX', ARGV[10])
 return {outcome, reason}
@@ -189,8 +195,11 @@ class DeliveryStore:
     def campaign_key(self, campaign_id: str, customer_id: str) -> str:
         return f"{self.namespace}:delivery:cap:{campaign_id}:{customer_id}"
 
-    def customer_key(self, customer_id: str) -> str:
-        return f"{self.namespace}:delivery:customer:{customer_id}"
+    def customer_key(self, customer_id: str, band: str = PRIORITIES[0]) -> str:
+        """The customer-cap history of one priority band (the lowest band, every sent trigger, keeps the
+        key it had before caps were priority-aware)."""
+        base = f"{self.namespace}:delivery:customer:{customer_id}"
+        return base if band == PRIORITIES[0] else f"{base}:{band}"
 
     def audience_key(self, campaign_id: str) -> str:
         return f"{self.namespace}:audience:{campaign_id}"
@@ -220,7 +229,9 @@ class DeliveryStore:
                 for trigger, trigger_id in zip(triggers, ids, strict=True):
                     keys = [self.optout_key, self.seen_key(trigger_id),
                             self.campaign_key(trigger.campaign_id, trigger.customer_id),
-                            self.customer_key(trigger.customer_id), self.audience_key(trigger.campaign_id)]
+                            self.audience_key(trigger.campaign_id),
+                            *(self.customer_key(trigger.customer_id, band)
+                              for band in priority_bands(trigger.priority))]
                     args = [trigger.customer_id, trigger_id, trigger.created_at,
                             *_cap_args(settings.campaign_caps.get(trigger.campaign_id)), *customer_args,
                             settings.dedup_window_ms, settings.audience_retention_ms]

@@ -59,7 +59,8 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
     """The settings as a TOML document; values set by environment variables carry a ``# from VAR`` comment."""
     from_env = {target: name for name, target in ENV_OVERRIDES.items() if environ.get(name)}
     lines = [f"# Effective npspulse settings: {source}, defaults and environment overrides. Secrets are masked.", ""]
-    lines += _section("events", {"max_future": _duration(config.engine.max_future_ms)})
+    lines += _section("events", {"max_future": _duration(config.engine.max_future_ms),
+                                 "dedup_horizon": _duration(config.engine.dedup_horizon_ms)})
     lines += _section("profiles", _profiles(config))
     segmentation = config.engine.segmentation
     lines += _section("segmentation", {"segments": [" x ".join(cross) if cross else "all"
@@ -69,12 +70,15 @@ def render_effective(config: Config, environ: Mapping[str, str], source: str) ->
     lines += _section("windows", _windows(config))
     lines += _section("detection", _detection(config))
     for rule in config.engine.campaigns:
-        body = {"id": rule.campaign_id, "on": rule.on, "loyalty": [m.value for m in Loyalty if m in rule.loyalty],
+        body = {"id": rule.campaign_id, "in_spike": rule.in_spike,
+                "loyalty": [m.value for m in Loyalty if m in rule.loyalty], "scores": list(rule.scores),
                 "segments": list(rule.segments)}
         if rule.tiers is not None:
             body["tiers"] = sorted(rule.tiers)
-        body.update(channel=rule.channel, priority=rule.priority, expires_after=_duration(rule.expires_after_ms),
-                    reason=rule.reason)
+        body.update(channel=rule.channel, priority=rule.priority)
+        if rule.priority_by_tier:
+            body["priority_by_tier"] = dict(rule.priority_by_tier)
+        body.update(expires_after=_duration(rule.expires_after_ms), reason=rule.reason)
         cap = config.delivery.campaign_caps.get(rule.campaign_id)
         if cap is not None:
             body["cap"] = {"max": cap.max, "period": _duration(cap.period_ms)}

@@ -35,8 +35,9 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT, Message
 
 from processors.config import Config
+from processors.dedup import RecentEvents
 from processors.delivery import DeliveryPolicy
-from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice
+from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice, refuse_duplicate
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
 from processors.nps import NpsCounts
 from processors.profiles import CustomerProfile
@@ -105,6 +106,7 @@ class Pipeline:
         self._retargeter = retargeter
         self._profile_cache: dict[bytes, tuple[CustomerProfile, int, int]] = {}  # profile, last purchase's partition, offset
         self._held_purchases: list[EventT] = []  # applied purchases, acknowledged once their records are delivered
+        self._recent: dict[TP, RecentEvents] = {}  # source partition -> event ids within the dedup horizon
         self._stages: dict[int, SegmentStage] = {}
         self._trackers: dict[int, WatermarkTracker] = {}
         self._stream_times: dict[int, int] = {}
@@ -176,6 +178,8 @@ class Pipeline:
         self._dead_lettered = [e for e in self._dead_lettered if e.message.tp not in revoked]
         self._held = [e for e in self._held if e.message.tp not in revoked]
         self._held_purchases = [e for e in self._held_purchases if e.message.tp not in revoked]
+        for tp in revoked:
+            self._recent.pop(tp, None)
         log.info("partitions revoked: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
 
     async def _on_assigned(self, sender: Any, assigned: set[Any], **kwargs: Any) -> None:
@@ -198,6 +202,7 @@ class Pipeline:
                 key = purchase.customer_id.encode()
                 profile, applied = self._profile_and_offset(key, message.partition)
                 if message.offset > applied:
+                    refuse_duplicate(self._recent_events(message.tp), purchase)
                     profile = profile or CustomerProfile()
                     self.customer_stage.purchase(purchase, profile)
             except EventError as error:
@@ -220,6 +225,14 @@ class Pipeline:
         await self.app.producer.flush()
         for event in held:
             event.ack()
+
+    def _recent_events(self, tp: TP) -> RecentEvents:
+        """The event ids seen on a source partition within the dedup horizon (a producer retry keeps its key,
+        so it lands on the same partition). Kept in memory: ids seen before a restart are not remembered."""
+        recent = self._recent.get(tp)
+        if recent is None:
+            recent = self._recent[tp] = RecentEvents(self.settings.dedup_horizon_ms)
+        return recent
 
     def _profile(self, key: bytes) -> CustomerProfile | None:
         """The customer's profile (cache, then table); None for a customer without purchases."""
@@ -253,6 +266,7 @@ class Pipeline:
         self._survey_offsets[message.partition] = message.offset
         try:
             answer = parse_event(event.value, self._bounds(), expected_type="survey")
+            refuse_duplicate(self._recent_events(message.tp), answer)
         except EventError as error:
             await self.send_dead_letter(message, error.field, error.reason)
             self._dead_lettered.append(event)  # acknowledged after the next flush

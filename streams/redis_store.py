@@ -164,6 +164,20 @@ class RedisStore:
             raise StoreUnavailable(type(error).__name__) from error
         return [orjson.loads(member) for member in members]
 
+    async def window_histories(self, segment_ids: Iterable[str], limit: int) -> dict[str, list[dict]]:
+        """The ``limit`` most recent closed windows of each segment, newest first (one round trip).
+        Raises StoreUnavailable."""
+        segment_ids = list(segment_ids)
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for segment_id in segment_ids:
+                pipe.zrevrange(WINDOW_HISTORY_KEY.format(segment_id), 0, limit - 1)
+            replies = await pipe.execute()
+        except _FAILURES as error:
+            raise StoreUnavailable(type(error).__name__) from error
+        return {segment_id: [orjson.loads(member) for member in members]
+                for segment_id, members in zip(segment_ids, replies, strict=True)}
+
     async def recent_alerts(self, since_ms: int | None, limit: int) -> list[dict]:
         """Alert events from the feed at or after ``since_ms`` (all if None), newest first, at most ``limit``.
         Raises StoreUnavailable."""

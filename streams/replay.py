@@ -43,6 +43,7 @@ class ReplayResult:
     seconds: float = 0.0
     first_event_at: int | None = None
     last_event_at: int | None = None
+    history: dict[str, list[dict]] | None = None  # per segment, its smallest tumbling windows (with keep_history)
 
     @property
     def dead_lettered(self) -> int:
@@ -76,18 +77,20 @@ class _Sinks:
 
 
 def replay(files: Iterable[Path], settings: EngineSettings, out_dir: Path, *, delivery: DeliverySettings | None = None,
-           optout: Iterable[str] = (), now_ms: int | None = None, progress: bool | None = None) -> ReplayResult:
+           optout: Iterable[str] = (), now_ms: int | None = None, progress: bool | None = None,
+           keep_history: bool = False) -> ReplayResult:
     """Run the engine over JSONL files and write alerts, sent triggers, window results and dead letters.
 
     ``delivery``: the ``[delivery]`` settings and campaign caps (None: the built-in defaults); ``optout``:
-    customer ids that get no trigger."""
+    customer ids that get no trigger; ``keep_history``: keep every segment's windows in ``result.history``
+    (for the HTML report)."""
     files = list(files)
     engine = Engine(settings)
     policy = DeliveryPolicy(DeliverySettings() if delivery is None else delivery)
     policy.opt_out(optout)
     bounds = TimeBounds(now_ms=int(time.time() * 1000) if now_ms is None else now_ms,
                         max_future_ms=settings.max_future_ms)
-    result = ReplayResult()
+    result = ReplayResult(history={} if keep_history else None)
     tally_window = _totals_window(settings)
     sinks = _Sinks(out_dir)
     started = time.perf_counter()
@@ -130,6 +133,8 @@ def _emit(out: Outputs, sinks: _Sinks, result: ReplayResult, path: Path | None, 
             if total is None:
                 total = result.segment_totals[window.segment_id] = NpsCounts()
             total.merge(window.counts)
+            if result.history is not None:
+                result.history.setdefault(window.segment_id, []).append(window.to_dict())
             if result.first_event_at is None or window.start < result.first_event_at:
                 result.first_event_at = window.start
             if result.last_event_at is None or window.end > result.last_event_at:

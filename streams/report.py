@@ -1,10 +1,14 @@
-"""The human-readable summary of a replay: input, dead letters, per-segment NPS, alerts, triggers."""
+"""A replay's reports: the human-readable summary (input, dead letters, per-segment NPS, alerts, triggers) and
+the self-contained HTML report (the dashboard's page with the replay's data embedded)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from streams.alert_text import clock, describe_alert
+from streams.dashboard import render_page
+from streams.dashboard.model import history_points, trend
 from streams.replay import ReplayResult, describe_span
 
 
@@ -82,3 +86,35 @@ def _alerts(lines: list[str], result: ReplayResult, out_dir: Path) -> None:
                      f"led by {root['segment_id']}")
         for event in events:
             lines.append(f"    {describe_alert(event)}")
+
+
+def report_data(result: ReplayResult, source: str) -> dict[str, Any]:
+    """The dashboard's data for a replay run with ``keep_history``: every segment's windows, trend and last
+    alert state, every alert event, and a chart for "all" and each alerted segment."""
+    if result.history is None:
+        raise ValueError("the replay kept no window history (run it with keep_history=True)")
+    last_event: dict[str, dict] = {}
+    for event in result.alerts:
+        last_event[event["segment_id"]] = event
+    segments = []
+    for segment_id, windows in sorted(result.history.items()):
+        points = history_points(windows)
+        event = last_event.get(segment_id)
+        alert = None if event is None else {
+            "state": "resolved" if event["type"] == "alert.resolved" else "open", "alert_id": event["alert_id"],
+            "incident_id": event["incident_id"], "severity": event["severity"], "at": event["at"]}
+        segments.append({"segment_id": segment_id, "alert": alert, "history": points, "trend": trend(points)})
+    alerted = list(dict.fromkeys(event["segment_id"] for event in result.alerts))
+    charts = [segment for segment in ("all", *alerted) if segment in result.history]
+    return {"title": f"npspulse replay report: {source}", "subtitle": f"Replay of {describe_span(result)}",
+            "hint": "NPS: the last hour of the replay (5-minute windows pooled) with its 95% interval. Change: "
+                    "against the rest of the replay. Answers: in the last hour. Trend: the whole replay, band = "
+                    "95% interval. Charts: 'all' and every segment that alerted.",
+            "segments": segments, "alerts": result.alerts, "charts": list(dict.fromkeys(charts))}
+
+
+def write_html_report(result: ReplayResult, path: Path, source: str) -> None:
+    """One self-contained HTML file (inline CSS, JS and data; nothing fetched) with the dashboard's views."""
+    data = report_data(result, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_page(data, title=data["title"]), encoding="utf-8")

@@ -3,9 +3,10 @@
 
 Alerts are rendered from the schema_version 2 shape (``alert.opened`` / ``alert.updated`` / ``alert.resolved``):
 segment, severity, the NPS change, the evidence (detractor share and its interval against the baseline, the rise,
-excess detractors, responses since onset, onset time) and the top drivers. Every key but ``type`` is optional: a
-missing or mistyped value leaves its line out instead of failing, so version 1 ``segment.alert`` records render
-too (without the fields they lack). Re-targeting triggers become one line of text. Nothing here logs.
+excess detractors, responses since onset, onset time), the revenue at risk and the top drivers. Every key but
+``type`` is optional: a missing or mistyped value leaves its line out instead of failing, so version 1
+``segment.alert`` records render too (without the fields they lack). Re-targeting triggers become one line of
+text. Nothing here logs.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def alert_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
 
     fields = [("Segment", _segment_text(alert, segment)), ("Severity", severity),
               ("NPS", nps), ("Detractor share", _share_line(alert)), ("Rise", _signed(alert, "rise_pp", " pp")),
-              ("Excess detractors", _plain(alert, "excess_detractors")), ("Responses since onset", _responses_line(alert)),
+              ("Excess detractors", _plain(alert, "excess_detractors")),
+              ("Revenue at risk", revenue_line(alert.get("revenue_at_risk"))),
+              ("Responses since onset", _responses_line(alert)),
               ("Onset", _time(alert, "onset_iso", "onset_at")), ("Resolved", _time(alert, "resolved_iso", "resolved_at"))]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(title, _HEADER_LIMIT), "emoji": True}},
@@ -81,6 +84,23 @@ def trigger_line(trigger: Mapping[str, Any]) -> str:
     if priority:
         parts.append(f"priority {priority}")
     return _escape(" ".join(parts))
+
+
+def revenue_line(revenue: object) -> str | None:
+    """``EUR 12,345.05 (17 detractors since 14:02)``: the 90-day value of the alert's detractor customers
+    (None: absent)."""
+    if not isinstance(revenue, Mapping):
+        return None
+    amount, customers = _number(revenue, "amount"), _number(revenue, "customers")
+    if amount is None:
+        return None
+    currency = _text(revenue, "currency")
+    line = f"{currency + ' ' if currency else ''}{amount:,.2f}"
+    details = f"{_count(customers)} detractor{'' if customers == 1 else 's'}" if customers is not None else ""
+    since = _text(revenue, "since_iso")
+    if len(since) >= 16:
+        details += f"{' ' if details else ''}since {since[11:16]}"
+    return f"{line} ({details})" if details else line
 
 
 def _nps_line(alert: Mapping[str, Any]) -> str | None:

@@ -1,7 +1,8 @@
-"""The worker's HTTP API, on its Faust web server: liveness, readiness, segment snapshots and the alert feed.
+"""The worker's HTTP API, on its Faust web server: liveness, readiness, segment snapshots, the alert feed and the dashboard.
 
 Segments and alerts are read from Redis (the snapshots every worker writes), so any worker answers for every
-segment. With ``NPSPULSE_API_TOKEN`` set, every route but ``/health`` and ``/ready`` needs ``Authorization: Bearer <token>``.
+segment. With ``NPSPULSE_API_TOKEN`` set, every route but ``/health``, ``/ready`` and the dashboard page ``/`` (static,
+no data: its script calls the API with the token) needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from faust.web import Request, Response, View
 from processors.config import Config
 from processors.nps import nps_interval
 from processors.timeparse import format_rfc3339_ms, parse_rfc3339_ms
-from streams.redis_store import RedisStore, StoreUnavailable
+from streams.dashboard import content_security_policy, render_page
+from streams.dashboard.model import with_history
+from streams.redis_store import WINDOW_HISTORY_SIZE, RedisStore, StoreUnavailable
 from streams.topics import TopicNames, kafka_client_config
 
 TOKEN_ENV = "NPSPULSE_API_TOKEN"
@@ -59,6 +62,15 @@ def parse_limit(text: str | None, default: int = DEFAULT_ALERT_LIMIT, maximum: i
         return default
     if not text.strip().isdigit() or not 1 <= int(text) <= maximum:
         raise BadRequest(f"limit: expected an integer from 1 to {maximum}, got {text!r}")
+    return int(text)
+
+
+def parse_history(text: str | None) -> int:
+    """``history``: how many recent windows each segment row carries (0, the default: none)."""
+    if text is None or not text.strip():
+        return 0
+    if not text.strip().isdigit() or int(text) > WINDOW_HISTORY_SIZE:
+        raise BadRequest(f"history: expected an integer from 0 to {WINDOW_HISTORY_SIZE}, got {text!r}")
     return int(text)
 
 
@@ -224,6 +236,7 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
     broker = BrokerProbe(config)
     crashes = CrashLog()
     crashes.watch(app)
+    page = render_page()
 
     class ApiView(View):
         """JSON through orjson; the bearer token checked before any handler when one is configured."""
@@ -269,12 +282,26 @@ def register_api(app: faust.App, config: Config, store: RedisStore | None) -> No
                 return self.reply({"status": "not ready", "reasons": problems}, 503)
             return self.reply({"status": "ready"})
 
+    @app.page("/", base=ApiView, name="npspulse-dashboard")
+    class Dashboard(ApiView):
+        public = True  # the page holds no data: its script asks the API, with the token, for everything
+
+        async def get(self, request: Request) -> Response:
+            return self.html(page, headers={
+                "Content-Security-Policy": content_security_policy(), "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
     @app.page("/api/segments", base=ApiView, name="npspulse-segments")
     class Segments(ApiView):
         async def get(self, request: Request) -> Response:
+            """Every segment's row; with ``?history=N`` also its N most recent windows and their trend."""
+            history = parse_history(request.query.get("history"))
             redis = self.redis()
             snapshots = await redis.snapshots(await redis.segment_ids())
             rows = [segment_row(segment_id, fields, window) for segment_id, fields in snapshots.items()]
+            if history:
+                windows = await redis.window_histories([row["segment_id"] for row in rows], history)
+                rows = [with_history(row, windows[row["segment_id"]]) for row in rows]
             return self.reply({"segments": rows, "count": len(rows)})
 
     @app.page("/api/segments/{segment_id}", base=ApiView, name="npspulse-segment")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from processors.delivery import Cap, Decision, DeliveryPolicy, DeliverySettings
+from processors.delivery import PRIORITIES, Cap, Decision, DeliveryPolicy, DeliverySettings
 from processors.events import RetargetTrigger
 
 T0 = 1_772_461_200_000  # 2026-03-02T14:20:00Z
@@ -28,6 +28,7 @@ class Step:
     event: str = ""
     at: int = 0
     expect: str = ""
+    priority: str = "high"
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Case:
     audiences: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # campaign -> expected export
 
 
-def admit(customer: str, event: str, at: int, expect: str, campaign: str = "a") -> Step:
-    return Step("admit", customer, campaign, event, at, expect)
+def admit(customer: str, event: str, at: int, expect: str, campaign: str = "a", priority: str = "high") -> Step:
+    return Step("admit", customer, campaign, event, at, expect, priority)
 
 
 def opt_out(customer: str) -> Step:
@@ -53,7 +54,7 @@ def opt_in(customer: str) -> Step:
 def trigger(step: Step) -> RetargetTrigger:
     at = T0 + step.at
     return RetargetTrigger(campaign_id=step.campaign, customer_id=step.customer, event_id=step.event, score=2,
-                           loyalty="detractor", segment_id="all", reason="test", channel="email", priority="high",
+                           loyalty="detractor", segment_id="all", reason="test", channel="email", priority=step.priority,
                            created_at=at, expires_at=at + 3 * DAY)
 
 
@@ -125,6 +126,27 @@ CASES = [
           admit("c5", "e8", 3 * HOUR, "sent")),
          audiences={"a": [("c1", T0 + 2 * HOUR), ("c5", T0 + 3 * HOUR), ("c4", T0 + DAY + 5)],
                     "b": [("c3", T0 + 10)]}),
+    Case("priority-aware customer cap: low-priority triggers never block higher ones",
+         DeliverySettings(customer_cap=Cap(2, DAY)),
+         (admit("c1", "e1", 0, "sent", priority="low"), admit("c1", "e2", 1, "sent", priority="low"),
+          admit("c1", "e3", 2, "capped:customer", priority="low"),  # two of priority >= low already
+          admit("c1", "e4", 3, "sent", campaign="b", priority="high"),  # counts only priority >= high: none yet
+          admit("c1", "e5", 4, "sent", campaign="c", priority="normal"),  # >= normal: e4 only
+          admit("c1", "e6", 5, "capped:customer", campaign="b", priority="normal"),  # >= normal: e4, e5
+          admit("c1", "e7", 6, "sent", campaign="b", priority="urgent"),  # >= urgent: none
+          admit("c1", "e8", 7, "capped:customer", campaign="b", priority="high"),  # >= high: e4, e7
+          admit("c1", "e9", DAY + 1, "capped:customer", priority="low"),  # (1, DAY + 1] holds e4, e5, e7
+          admit("c1", "e10", DAY + 7, "sent", priority="low"))),  # (7, DAY + 7]: none
+    Case("priority-aware customer cap: higher-priority triggers use up the lower bands",
+         DeliverySettings(customer_cap=Cap(2, DAY)),
+         (admit("c1", "e1", 0, "sent", priority="urgent"), admit("c1", "e2", HOUR, "sent", priority="high"),
+          admit("c1", "e3", 2 * HOUR, "capped:customer", priority="low"),
+          admit("c1", "e4", 2 * HOUR, "capped:customer", priority="normal"),
+          admit("c1", "e5", 2 * HOUR, "capped:customer", priority="high"),
+          admit("c1", "e6", 2 * HOUR, "sent", priority="urgent"),  # >= urgent: e1 only
+          admit("c2", "e7", 0, "sent", priority="normal"), admit("c2", "e8", 1, "sent", priority="normal"),
+          admit("c2", "e9", 2, "sent", priority="high"), admit("c2", "e10", 3, "sent", priority="high"),
+          admit("c2", "e11", 4, "capped:customer", priority="high"))),
     Case("an older trigger does not lower a customer's audience time",
          NO_CAPS,
          (admit("c1", "e1", 10 * HOUR, "sent"), admit("c1", "e2", HOUR, "sent")),
@@ -147,8 +169,10 @@ def run_memory(settings: DeliverySettings, steps: list[Step] | tuple[Step, ...],
     return decisions, {campaign: policy.audience(campaign) for campaign in campaigns}
 
 
-def random_steps(seed: int, count: int = 400, *, max_lateness: int | None = None) -> list[Step]:
-    """A random sequence over few customers and campaigns, with repeated trigger ids and consent changes.
+def random_steps(seed: int, count: int = 400, *, max_lateness: int | None = None,
+                 priorities: bool = False) -> list[Step]:
+    """A random sequence over few customers and campaigns, with repeated trigger ids and consent changes
+    (``priorities``: each trigger of a random priority, else all ``high``).
 
     Times are shuffled across three days (``max_lateness`` None: the two implementations must still agree on
     every decision), or a stream time running forward with triggers up to ``max_lateness`` behind it."""
@@ -170,7 +194,8 @@ def random_steps(seed: int, count: int = 400, *, max_lateness: int | None = None
         else:
             at = (rng.randrange(-DAY, 2 * DAY, 60_000) if max_lateness is None
                   else stream_time - rng.randrange(0, max_lateness + 1, 60_000))
-            steps.append(admit(customer, f"e{index}", at, "", campaign=rng.choice("abc")))
+            priority = rng.choice(PRIORITIES) if priorities else "high"
+            steps.append(admit(customer, f"e{index}", at, "", campaign=rng.choice("abc"), priority=priority))
     return steps
 
 

@@ -86,9 +86,10 @@ def test_shared_cases(case: Case, redis_url: str, namespace: str) -> None:
     assert audiences == case.audiences
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_sequences_agree_with_the_memory_policy(seed: int, redis_url: str, namespace: str) -> None:
-    steps = random_steps(seed)
+@pytest.mark.parametrize(("seed", "priorities"), [(0, False), (1, False), (2, True), (3, True)])
+def test_random_sequences_agree_with_the_memory_policy(seed: int, priorities: bool, redis_url: str,
+                                                       namespace: str) -> None:
+    steps = random_steps(seed, priorities=priorities)
     expected = run_memory(RANDOM_SETTINGS, steps, ["a", "b", "c"])
     got = run_store(redis_url, namespace, RANDOM_SETTINGS, steps, ["a", "b", "c"])
     assert got == expected
@@ -210,8 +211,12 @@ def test_keys_are_namespaced_and_expire(redis_url: str, namespace: str) -> None:
     try:
         keys = set(client.scan_iter(match=f"{namespace}:*", count=1000))
         store = DeliveryStore(redis_url, settings, namespace=namespace)
+        # A high-priority trigger is recorded in the bands low (the plain customer key), normal and high.
         expected_ttl = {store.seen_key(trigger(first).id): 2 * DAY, store.campaign_key("a", "c1"): 14 * DAY,
-                        store.customer_key("c1"): 2 * DAY, store.audience_key("a"): 30 * DAY}
+                        store.customer_key("c1"): 2 * DAY, store.customer_key("c1", "normal"): 2 * DAY,
+                        store.customer_key("c1", "high"): 2 * DAY, store.audience_key("a"): 30 * DAY}
+        assert store.customer_key("c1", "high") == f"{namespace}:delivery:customer:c1:high"
+        assert store.customer_key("c1", "urgent") not in keys
         assert set(expected_ttl) | {store.optout_key} <= keys
         assert all(key.startswith(f"{namespace}:") for key in keys)
         for key, ttl in expected_ttl.items():

@@ -62,6 +62,8 @@ def test_effective_settings_reload_to_the_same_config(tmp_path: Path, capsys: py
         "gold = 500": '"gold.plus" = "500.50"',
         'grace = "2m"': 'grace = "0s"',
         'reason = "promoter: ask for a referral"': 'tiers = ["gold.plus", "silver"]\nreason = "say \\"thanks\\"\\tnow"',
+        'priority_by_tier = { gold = "high"': 'scores = [0, 4]\npriority_by_tier = { "gold.plus" = "high"',
+        'tiers = ["gold", "platinum"]': 'tiers = ["gold.plus", "platinum"]',
     }
     text = default_config_text()
     for old, new in edits.items():
@@ -74,7 +76,7 @@ def test_effective_settings_reload_to_the_same_config(tmp_path: Path, capsys: py
     (tmp_path / "printed").mkdir()
     printed = _write(tmp_path / "printed", capsys.readouterr().out)
     checked = load_config(path, environ=environ)
-    assert checked.engine.windows.grace_ms == 0 and checked.engine.campaigns[1].tiers == {"gold.plus", "silver"}
+    assert checked.engine.windows.grace_ms == 0 and checked.engine.campaigns[2].tiers == {"gold.plus", "silver"}
     assert load_config(printed, environ={}) == checked
 
 

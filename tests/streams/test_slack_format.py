@@ -17,7 +17,8 @@ ALERT: dict[str, Any] = {
     "resolved_at": None, "responses": 120, "detractors": 60, "promoters": 30, "detractor_share": 0.5,
     "share_low": 0.41, "share_high": 0.59, "baseline_share": 0.25, "rise_pp": 25.0, "nps": -25.0,
     "baseline_nps": 30.0, "nps_change": -55.0, "excess_detractors": 30.0, "design_shift_pp": 25, "statistic": 14.2,
-    "threshold": 13.1,
+    "threshold": 13.1, "revenue_at_risk": {"amount": 12345.05, "currency": "EUR", "customers": 17,
+                                          "since": 1772460000000, "since_iso": "2026-03-02T14:00:00Z"},
     "drivers": [{"dimension": "channel", "value": "app", "responses": 70, "detractors": 20, "expected": 17.5, "excess": 2.5},
                 {"dimension": "touchpoint", "value": "delivery", "responses": 50, "detractors": 40, "expected": 12.5,
                  "excess": 27.5}],
@@ -48,6 +49,7 @@ def test_alert_renders_segment_nps_change_evidence_and_drivers() -> None:
     assert fields["Detractor share"] == "50.0% (interval 41.0–59.0%) vs baseline 25.0%"
     assert fields["Rise"] == "+25.0 pp"
     assert fields["Excess detractors"] == "30.0"
+    assert fields["Revenue at risk"] == "EUR 12,345.05 (17 detractors since 14:00)"
     assert fields["Responses since onset"] == "120 (60 detractors, 30 promoters)"
     assert fields["Onset"] == "2026-03-02T14:00:00.000Z"
     assert "Resolved" not in fields  # resolved_at is null
@@ -120,3 +122,15 @@ def test_trigger_is_one_line() -> None:
                                "region=EU|channel=app via email priority high"}
     assert slack_payload({"type": "retarget.trigger"}) == {"text": "campaign trigger"}
     assert slack_payload({"type": "segment.window", "id": "w1"}) == {"text": "npspulse segment.window w1"}
+
+
+@pytest.mark.parametrize("revenue", [None, "lots", {"amount": "12"}, {"currency": "EUR"}, {"amount": True}])
+def test_missing_or_malformed_revenue_at_risk_leaves_its_field_out(revenue: object) -> None:
+    alert = {**ALERT, "revenue_at_risk": revenue}
+    assert "Revenue at risk" not in _fields(slack_payload(alert))
+
+
+def test_revenue_at_risk_of_one_detractor_without_currency() -> None:
+    alert = {**ALERT, "revenue_at_risk": {"amount": 0, "customers": 1}}
+    assert _fields(slack_payload(alert))["Revenue at risk"] == "0.00 (1 detractor)"
+

@@ -32,10 +32,15 @@ def test_shipped_default_loads(default_doc: dict[str, Any]) -> None:
     assert engine.segmentation.segments[:6] == ((), ("region",), ("channel",), ("touchpoint",), ("tier",),
                                                 ("region", "tier"))
     assert engine.segmentation.bands == {"age_band": BandDimension("age_band", "age", (25, 35, 50, 65))}
-    assert [(rule.campaign_id, rule.on) for rule in engine.campaigns] == [("service-recovery", "alert"),
-                                                                          ("referral-ask", "answer")]
+    assert [(rule.campaign_id, rule.in_spike, rule.priority) for rule in engine.campaigns] == [
+        ("service-recovery", True, "high"), ("detractor-follow-up", False, "normal"),
+        ("referral-ask", False, "low"), ("passive-nudge", False, "normal")]
     assert engine.campaigns[0].loyalty == frozenset({Loyalty.DETRACTOR})
     assert engine.campaigns[0].expires_after_ms == 3 * 24 * 60 * MIN
+    assert engine.campaigns[1].priority_by_tier == (("gold", "high"), ("platinum", "high"))
+    assert engine.campaigns[3].tiers == {"gold", "platinum"}
+    assert engine.campaigns[3].loyalty == frozenset({Loyalty.PASSIVE})
+    assert engine.campaigns == config_from_dict({}).engine.campaigns  # the file spells out the built-in ones
     assert engine.max_future_ms == 24 * 60 * MIN
     assert config.kafka.sasl_password is None
 
@@ -43,7 +48,40 @@ def test_shipped_default_loads(default_doc: dict[str, Any]) -> None:
 def test_empty_document_gives_the_built_in_defaults() -> None:
     config = config_from_dict({})
     assert [spec.name for spec in config.engine.windows.specs] == ["5m", "1h/5m"]
-    assert [rule.campaign_id for rule in config.engine.campaigns] == ["service-recovery", "referral-ask"]
+    assert [rule.campaign_id for rule in config.engine.campaigns] == ["service-recovery", "detractor-follow-up",
+                                                                      "referral-ask", "passive-nudge"]
+
+
+def test_no_campaigns() -> None:
+    assert config_from_dict({"campaigns": []}).engine.campaigns == ()
+
+
+def test_built_in_campaigns_follow_the_configured_tiers() -> None:
+    """High value is the two highest tiers of [profiles], so the built-in campaigns fit custom tiers."""
+    config = config_from_dict({"profiles": {"tiers": {"regular": 50, "vip": 1000, "top": 5000, "mid": 200}}})
+    follow_up, nudge = config.engine.campaigns[1], config.engine.campaigns[3]
+    assert follow_up.priority_by_tier == (("top", "high"), ("vip", "high"))
+    assert nudge.tiers == {"vip", "top"}
+
+
+def test_in_spike_and_its_older_spelling(default_doc: dict[str, Any]) -> None:
+    rules = default_doc["campaigns"]
+    rules[0].pop("in_spike")
+    rules[0]["on"] = "alert"
+    rules[2]["on"] = "answer"
+    rules[3]["in_spike"] = False
+    rules[1].update(in_spike=True, on="alert", scores=[0, 3])
+    campaigns = config_from_dict(default_doc).engine.campaigns
+    assert [rule.on for rule in campaigns] == ["alert", "alert", "answer", "answer"]
+    assert campaigns[1].scores == (0, 3)
+
+
+def test_scores_without_loyalty(default_doc: dict[str, Any]) -> None:
+    default_doc["campaigns"] = [{"id": "angry", "scores": [0, 2], "in_spike": True,
+                                 "segments": ["region=EU", "region=EU|tier=*", "*=gold|*", "all"]}]
+    (rule,) = config_from_dict(default_doc).engine.campaigns
+    assert (rule.scores, rule.loyalty, rule.in_spike) == ((0, 2), frozenset(Loyalty), True)
+    assert sorted(rule.matching_scores()) == [0, 1, 2]
 
 
 def test_zero_grace_is_allowed(default_doc: dict[str, Any]) -> None:
@@ -53,6 +91,7 @@ def test_zero_grace_is_allowed(default_doc: dict[str, Any]) -> None:
 
 def test_profile_tiers_are_sorted_by_minimum(default_doc: dict[str, Any]) -> None:
     default_doc["profiles"]["tiers"] = {"gold": 500, "silver": "100.50"}
+    del default_doc["campaigns"]  # the shipped file's campaigns name the platinum tier
     assert config_from_dict(default_doc).engine.profiles.tiers == (("silver", Decimal("100.50")),
                                                                     ("gold", Decimal(500)))
 
@@ -91,6 +130,30 @@ BAD_CONFIGS = [
     ("unknown loyalty class", setter("campaigns", 0, "loyalty", value=["fan"]), "campaigns[0].loyalty"),
     ("empty loyalty", setter("campaigns", 0, "loyalty", value=[]), "campaigns[0].loyalty"),
     ("bad trigger source", setter("campaigns", 0, "on", value="click"), "campaigns[0].on"),
+    ("on contradicts in_spike", setter("campaigns", 0, "on", value="answer"), "campaigns[0].on"),
+    ("in_spike not a boolean", setter("campaigns", 0, "in_spike", value="yes"), "campaigns[0].in_spike"),
+    ("campaign field misspelt", setter("campaigns", 1, "score", value=[0, 3]), "campaigns[1].score"),
+    ("neither loyalty nor scores", lambda doc: doc["campaigns"][1].pop("loyalty"), "campaigns[1].loyalty"),
+    ("score range reversed", setter("campaigns", 1, "scores", value=[5, 3]), "campaigns[1].scores"),
+    ("score range beyond 10", setter("campaigns", 1, "scores", value=[0, 11]), "campaigns[1].scores"),
+    ("score range a string", setter("campaigns", 1, "scores", value="0-3"), "campaigns[1].scores"),
+    ("score range of one number", setter("campaigns", 1, "scores", value=[3]), "campaigns[1].scores"),
+    ("score range outside the loyalty", setter("campaigns", 1, "scores", value=[9, 10]), "campaigns[1].scores"),
+    ("pattern names an unknown dimension", setter("campaigns", 0, "segments", value=["regoin=EU|*"]),
+     "campaigns[0].segments[0]"),
+    ("segment id not configured", setter("campaigns", 0, "segments", value=["tier=gold|region=EU"]),
+     "campaigns[0].segments[0]"),
+    ("segment id without a value", setter("campaigns", 0, "segments", value=["region"]), "campaigns[0].segments[0]"),
+    ("pattern with an open bracket", setter("campaigns", 0, "segments", value=["region=[EU|*"]),
+     "campaigns[0].segments[0]"),
+    ("unknown tier", setter("campaigns", 3, "tiers", value=["golden"]), "campaigns[3].tiers"),
+    ("empty tiers", setter("campaigns", 3, "tiers", value=[]), "campaigns[3].tiers"),
+    ("priority_by_tier names an unknown tier", setter("campaigns", 1, "priority_by_tier", value={"vip": "high"}),
+     "campaigns[1].priority_by_tier"),
+    ("priority_by_tier bad priority", setter("campaigns", 1, "priority_by_tier", value={"gold": "asap"}),
+     "campaigns[1].priority_by_tier.gold"),
+    ("priority_by_tier not a table", setter("campaigns", 1, "priority_by_tier", value=["gold"]),
+     "campaigns[1].priority_by_tier"),
     ("bad priority", setter("campaigns", 1, "priority", value="asap"), "campaigns[1].priority"),
     ("bad campaign expiry", setter("campaigns", 1, "expires_after", value="a week"), "campaigns[1].expires_after"),
     ("no segments", setter("segmentation", "segments", value=[]), "segmentation.segments"),

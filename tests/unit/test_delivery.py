@@ -24,10 +24,13 @@ from processors.config import ConfigError, config_from_dict
 from processors.delivery import (
     DEFAULT_CUSTOMER_CAP,
     HOUSEKEEPING_EVERY,
+    PRIORITIES,
     Cap,
     DeliveryPolicy,
     DeliverySettings,
     Outcome,
+    priority_bands,
+    priority_rank,
     window_fits,
 )
 
@@ -48,29 +51,47 @@ def test_time_is_the_trigger_time_never_the_clock() -> None:
     assert got == expected
 
 
+@pytest.mark.parametrize("priorities", [False, True], ids=["one-priority", "mixed-priorities"])
 @pytest.mark.parametrize("lateness", [None, 12 * HOUR, 3 * DAY], ids=["shuffled", "late-12h", "late-3d"])
-def test_random_sequences_respect_every_cap(lateness: int | None) -> None:
-    """Whatever the arrival order, no window of a cap's period ever holds more sent triggers than its maximum."""
+def test_random_sequences_respect_every_cap(lateness: int | None, priorities: bool) -> None:
+    """Whatever the arrival order, no window of a cap's period ever holds more sent triggers than its maximum:
+    per campaign, and across campaigns per priority level (a higher-priority trigger is never blocked by lower
+    ones, so all levels together may exceed it)."""
     for seed in range(5):
         policy = DeliveryPolicy(RANDOM_SETTINGS)
-        sent: list[tuple[str, str, int]] = []
-        for step in random_steps(seed, 1500, max_lateness=lateness):
+        sent: list[tuple[str, str, int, str]] = []
+        for step in random_steps(seed, 1500, max_lateness=lateness, priorities=priorities):
             if step.op == "opt_out":
                 policy.opt_out([step.customer])
             elif step.op == "opt_in":
                 policy.opt_in([step.customer])
             elif policy.admit(trigger(step)).sent:
-                sent.append((step.campaign, step.customer, T0 + step.at))
+                sent.append((step.campaign, step.customer, T0 + step.at, step.priority))
         assert sent
-        for campaign, customer, _ in sent:
-            caps = [(RANDOM_SETTINGS.customer_cap, [at for _, c, at in sent if c == customer])]
+        for campaign, customer, _, priority in sent:
+            caps = [(RANDOM_SETTINGS.customer_cap, [at for _, c, at, p in sent if c == customer and p == priority])]
             if campaign in RANDOM_SETTINGS.campaign_caps:
                 caps.append((RANDOM_SETTINGS.campaign_caps[campaign],
-                             [at for k, c, at in sent if c == customer and k == campaign]))
+                             [at for k, c, at, _ in sent if c == customer and k == campaign]))
             for cap, times in caps:
                 assert cap is not None
                 for end in times:
                     assert sum(end - cap.period_ms < at <= end for at in times) <= cap.max
+        cap = RANDOM_SETTINGS.customer_cap
+        assert cap is not None
+        everything = [at for _, c, at, _ in sent if c == "c0"]
+        busiest = max(sum(end - cap.period_ms < at <= end for at in everything) for end in everything)
+        if priorities:  # higher priorities got through where the lower ones had reached the cap
+            assert cap.max < busiest <= cap.max * len(PRIORITIES)
+        else:
+            assert busiest == cap.max
+
+
+def test_priority_helpers() -> None:
+    assert [priority_rank(p) for p in PRIORITIES] == [0, 1, 2, 3]
+    assert priority_rank("unheard-of") == priority_rank("normal")
+    assert priority_bands("low") == ("low",)
+    assert priority_bands("high") == ("low", "normal", "high")
 
 
 def test_window_fits_checks_every_window_containing_the_time() -> None:
@@ -93,7 +114,8 @@ def test_memory_is_bounded_by_the_windows() -> None:
         assert policy.admit(trigger(step)).sent
     sizes = policy.state_sizes()
     assert sizes["trigger_ids"] == 24 * 60  # decided within the last day (event time)
-    assert sizes["cap_keys"] <= 2 * (2 * 60 + HOUSEKEEPING_EVERY)
+    keys_per_customer = 1 + len(priority_bands("high"))  # the campaign's and one per priority band
+    assert sizes["cap_keys"] <= keys_per_customer * (2 * 60 + HOUSEKEEPING_EVERY)
     assert policy.counters["sent"] == 3 * HOUSEKEEPING_EVERY
 
 

@@ -7,7 +7,7 @@ import functools
 import random
 import tomllib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ import pytest
 
 import processors
 from processors.config import Config, EngineSettings, config_from_dict
-from processors.engine import Engine, Outputs
-from processors.events import Purchase, SurveyResponse
+from processors.engine import Engine, Outputs, revenue_at_risk, to_cents
+from processors.events import EventError, Purchase, SurveyResponse
+from processors.retarget import CampaignRule
 from processors.segments import parse_segment_id
 
 MIN = 60_000
@@ -287,3 +288,75 @@ def test_purchase_arriving_just_after_an_answer_gives_the_same_segments(default_
     segments = sorted({r.segment_id for r in purchase_first.windows})
     assert "tier=gold" in segments
     assert sorted({r.segment_id for r in answer_first.windows}) == segments
+
+
+def test_a_repeated_event_id_counts_once_within_the_dedup_horizon(default_config: Config) -> None:
+    engine = Engine(default_config.engine)  # default horizon: 10 minutes of event time
+    out = engine.process(answer_at("dup-1", "c-1", T0 + 1 * MIN, "EU"))
+    with pytest.raises(EventError) as refused:
+        engine.process(answer_at("dup-1", "c-1", T0 + 1 * MIN, "EU"))  # a producer retry
+    assert refused.value.field == "event_id"
+    for k in range(30):  # 16 minutes later the id is forgotten: the same id is a new answer again
+        out.extend(engine.process(answer_at(f"eu-{k}", "c-2", T0 + 2 * MIN + k * 30_000, "EU")))
+    out.extend(engine.process(answer_at("dup-1", "c-1", T0 + 17 * MIN, "EU")))
+    out.extend(engine.flush())
+    windows = {w.start: w.counts.total for w in out.windows if w.segment_id == "region=EU" and w.window == "5m"}
+    assert windows[T0] == 1 + 6  # the original and c-2's six answers of 00:02-00:05; not the retry
+    assert windows[T0 + 15 * MIN] == 4 + 1  # c-2's four answers there, and the id counted again after 10 min
+
+
+def test_alerts_carry_the_revenue_at_risk_of_their_detractors(baseline: tuple[Engine, Outputs]) -> None:
+    """Each alert event sums the 90-day spend of the distinct customers who answered as detractors in its
+    segment from the onset (at most the longest window, 1 h, back) to the event: once per customer."""
+    _, out = baseline
+    stream = build_stream()
+    assert out.alerts
+    nonzero = 0
+    for alert in out.alerts:
+        since = max(alert.onset_at, alert.at - HOUR)
+        customers = {a.customer_id for a in stream.answers
+                     if a.event_id not in stream.late_ids and a.score <= 6 and since <= a.answered_at < alert.at
+                     and in_segment(a, alert.segment_id)}
+        spend = {c: TIER_SPEND.get(customer(int(c.removeprefix("c-")))[2], "0") for c in customers}
+        expected = int(sum(Decimal(value) for value in spend.values()) * 100)
+        assert (alert.revenue_at_risk_cents, alert.at_risk_customers) == (expected, len(customers)), alert.kind
+        record = alert.to_dict()["revenue_at_risk"]
+        assert record["since"] == alert.revenue_since == since
+        assert (record["amount"], record["currency"], record["customers"]) == (expected / 100, "EUR", len(customers))
+        nonzero += expected > 0
+    assert nonzero == len(out.alerts)
+
+
+def test_in_spike_rule_with_a_score_range_is_independent_of_arrival_order(settings: EngineSettings) -> None:
+    """An in-spike rule on scores 0-3 of EU segments: triggers for exactly those answers of the alerting
+    segments, and the same triggers whatever the arrival order."""
+    rule = CampaignRule("eu-very-unhappy", "alert", scores=(0, 3), segments=("region=EU", "region=EU|*"),
+                        priority="urgent")
+    custom = replace(settings, campaigns=(rule,))
+    stream = build_stream()
+    _, out = run(custom, stream.ordered())
+    assert out.triggers and {t.campaign_id for t in out.triggers} == {"eu-very-unhappy"}
+    opened = {alert.alert_id: alert for alert in out.alerts if alert.kind == "opened"}
+    resolved = {alert.alert_id: alert.at for alert in out.alerts if alert.kind == "resolved"}
+    for alert_id, alert in opened.items():
+        got = {t.event_id for t in out.triggers if t.alert_id == alert_id}
+        if not alert.segment_id.startswith("region=EU"):
+            assert got == set()
+            continue
+        expected = {a.event_id for a in stream.answers
+                    if a.event_id not in stream.late_ids and a.score <= 3
+                    and alert.onset_at <= a.answered_at < resolved.get(alert_id, STREAM_END)
+                    and in_segment(a, alert.segment_id)}
+        assert got == expected and expected, alert.segment_id
+    assert all(t.priority == "urgent" and t.score <= 3 for t in out.triggers)
+    _, shuffled = run(custom, stream.ordered(jitter_seed=3))
+    assert canonical(shuffled)["triggers"] == canonical(out)["triggers"]
+
+
+def test_revenue_at_risk_counts_each_detractor_customer_once() -> None:
+    refs = [("e-1", "c-1", 2, "gold", 60_000), ("e-2", "c-1", 0, "gold", 61_000), ("e-3", "c-2", 6, None, 0),
+            ("e-4", "c-3", 7, "gold", 90_000), ("e-5", "c-4", 9, "silver", 15_000), ("e-6", "c-5", 5, "silver", 15_050)]
+    assert revenue_at_risk(refs) == (61_000 + 0 + 15_050, 3)
+    assert revenue_at_risk(list(reversed(refs))) == revenue_at_risk(refs)
+    assert revenue_at_risk([]) == (0, 0)
+    assert [to_cents(Decimal(x)) for x in ("0", "19.99", "0.005", "1234.5")] == [0, 1999, 1, 123_450]

@@ -300,7 +300,21 @@ def test_alert_to_dict_carries_schema_version_id_and_evidence() -> None:
     assert out["drivers"] == [{"dimension": "touchpoint", "value": "delivery", "responses": 20, "detractors": 16,
                                "expected": 4.0, "excess": 12.0}]
     assert out["onset_iso"] == "2025-11-24T10:15:00Z"
+    assert out["revenue_at_risk"] == {"amount": 0.0, "currency": "", "customers": 0, "since": alert.onset_at,
+                                      "since_iso": "2025-11-24T10:15:00Z"}
     assert orjson.loads(orjson.dumps(out)) == out
+
+
+def test_alert_revenue_at_risk_is_an_additive_field() -> None:
+    """Schema version 2 still: a new key, none changed, so version 2 consumers keep working."""
+    alert = make_alert(revenue_at_risk_cents=1_234_505, at_risk_customers=17, currency="EUR",
+                       revenue_since=ANSWERED_MS + 60_000)
+    out = alert.to_dict()
+    assert out["revenue_at_risk"] == {"amount": 12345.05, "currency": "EUR", "customers": 17,
+                                      "since": ANSWERED_MS + 60_000, "since_iso": "2025-11-24T10:16:00Z"}
+    before = make_alert().to_dict()
+    assert set(out) == set(before) and all(out[key] == before[key] for key in out if key != "revenue_at_risk")
+    assert alert.id == make_alert().id
 
 
 def test_trigger_to_dict_carries_schema_version_and_id() -> None:

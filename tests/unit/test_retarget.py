@@ -85,8 +85,8 @@ def test_tiers_filter() -> None:
 
 
 def test_alert_rule_yields_one_trigger_per_detractor_ref() -> None:
-    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 9, "gold"), ("e-3", "c-3", 6, None),
-                             ("e-4", "c-4", 7, "gold")]
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold", 0), ("e-2", "c-2", 9, "gold", 0), ("e-3", "c-3", 6, None, 0),
+                             ("e-4", "c-4", 7, "gold", 0)]
     the_alert = alert()
     triggers = Retargeter((RECOVERY, REFERRAL)).for_alert(**the_alert, answers=refs)
     assert [t.event_id for t in triggers] == ["e-1", "e-3"]
@@ -102,7 +102,7 @@ def test_alert_rule_yields_one_trigger_per_detractor_ref() -> None:
 
 
 def test_alert_rule_ids_are_deterministic() -> None:
-    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-3", "c-3", 0, "gold")]
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold", 0), ("e-3", "c-3", 0, "gold", 0)]
     retargeter = Retargeter((RECOVERY,))
     first = [t.id for t in retargeter.for_alert(**alert(), answers=refs)]
     again = [t.id for t in Retargeter((RECOVERY,)).for_alert(**alert(), answers=list(refs))]
@@ -116,21 +116,66 @@ def test_alert_rule_ids_are_deterministic() -> None:
 def test_alert_rule_respects_segment_pattern_and_tiers() -> None:
     rule = CampaignRule(campaign_id="eu-gold", on="alert", loyalty=frozenset({Loyalty.DETRACTOR}),
                         segments=("region=EU|*",), tiers=frozenset({"gold"}))
-    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold"), ("e-2", "c-2", 2, "silver")]
+    refs: list[AnswerRef] = [("e-1", "c-1", 2, "gold", 0), ("e-2", "c-2", 2, "silver", 0)]
     retargeter = Retargeter((rule,))
     assert [t.event_id for t in retargeter.for_alert(**alert("region=EU|tier=gold"), answers=refs)] == ["e-1"]
     assert retargeter.for_alert(**alert("region=NA|tier=gold"), answers=refs) == []
 
 
-def test_alert_loyalties() -> None:
-    assert Retargeter((RECOVERY, REFERRAL)).alert_loyalties == frozenset({Loyalty.DETRACTOR})
-    assert Retargeter((REFERRAL,)).alert_loyalties == frozenset()
+def test_alert_scores() -> None:
+    """The scores the windows must keep for in-spike rules: those some in-spike rule can match."""
+    assert Retargeter((RECOVERY, REFERRAL)).alert_scores == frozenset(range(7))
+    assert Retargeter((REFERRAL,)).alert_scores == frozenset()
+    low = CampaignRule("low", "alert", scores=(0, 3))
+    assert Retargeter((low,)).alert_scores == frozenset(range(4))
+
+
+def test_score_range_and_loyalty_both_match() -> None:
+    low = CampaignRule("very-unhappy", "answer", scores=(0, 3))
+    assert [s for s in range(11) if low.matches_score(s)] == [0, 1, 2, 3]
+    both = CampaignRule("passive-high", "answer", loyalty=frozenset({Loyalty.PASSIVE}), scores=(8, 10))
+    assert [s for s in range(11) if both.matches_score(s)] == [8]
+    retargeter = Retargeter((low,))
+    assert [t.score for t in retargeter.for_answer(answer(3), MEMBERSHIPS, "gold")] == [3]
+    assert retargeter.for_answer(answer(4), MEMBERSHIPS, "gold") == []
+
+
+def test_in_spike_rules_never_fire_at_ingest() -> None:
+    """An in-spike rule (on "alert") only acts on an alert's kept answers, whatever the score range."""
+    rule = CampaignRule("spike-very-unhappy", "alert", scores=(0, 3), segments=("region=EU|*",))
+    assert rule.in_spike
+    retargeter = Retargeter((rule,))
+    assert retargeter.for_answer(answer(1), MEMBERSHIPS, "gold") == []
+    refs: list[AnswerRef] = [("e-1", "c-1", 1, "gold", 0), ("e-2", "c-2", 5, "gold", 0), ("e-3", "c-3", 3, None, 0)]
+    assert [t.event_id for t in retargeter.for_alert(**alert(), answers=refs)] == ["e-1", "e-3"]
+    assert retargeter.for_alert(**alert("region=NA|tier=gold"), answers=refs) == []
+
+
+def test_priority_by_tier() -> None:
+    rule = CampaignRule("follow-up", "answer", loyalty=frozenset({Loyalty.DETRACTOR}), priority="normal",
+                        priority_by_tier=(("gold", "high"), ("platinum", "urgent")))
+    retargeter = Retargeter((rule,))
+    priorities = {tier: [t.priority for t in retargeter.for_answer(answer(2), MEMBERSHIPS, tier)]
+                  for tier in ("gold", "platinum", "silver", None)}
+    assert priorities == {"gold": ["high"], "platinum": ["urgent"], "silver": ["normal"], None: ["normal"]}
+    in_spike = CampaignRule("recovery", "alert", loyalty=frozenset({Loyalty.DETRACTOR}), priority="high",
+                            priority_by_tier=(("gold", "urgent"),))
+    refs: list[AnswerRef] = [("e-1", "c-1", 1, "gold", 0), ("e-2", "c-2", 1, "silver", 0)]
+    assert [t.priority for t in Retargeter((in_spike,)).for_alert(**alert(), answers=refs)] == ["urgent", "high"]
 
 
 def test_default_campaigns(default_config: Config) -> None:
     retargeter = Retargeter(default_config.engine.campaigns)
-    (trigger,) = retargeter.for_answer(answer(10), MEMBERSHIPS, "gold")
-    assert trigger.campaign_id == "referral-ask"
-    assert retargeter.for_answer(answer(3), MEMBERSHIPS, "gold") == []
-    triggers = retargeter.for_alert(**alert(), answers=[("e-9", "c-9", 1, "gold")])
-    assert [(t.campaign_id, t.priority) for t in triggers] == [("service-recovery", "high")]
+
+    def fired(score: int, tier: str) -> list[tuple[str, str]]:
+        return [(t.campaign_id, t.priority) for t in retargeter.for_answer(answer(score), MEMBERSHIPS, tier)]
+
+    assert fired(10, "gold") == [("referral-ask", "low")]
+    assert fired(3, "gold") == [("detractor-follow-up", "high")]  # close the loop, high value first
+    assert fired(6, "platinum") == [("detractor-follow-up", "high")]
+    assert fired(0, "bronze") == [("detractor-follow-up", "normal")]
+    assert fired(0, "none") == [("detractor-follow-up", "normal")]
+    assert fired(7, "platinum") == [("passive-nudge", "normal")]  # high-value passives only
+    assert fired(8, "silver") == []
+    triggers = retargeter.for_alert(**alert(), answers=[("e-9", "c-9", 1, "gold", 0), ("e-8", "c-8", 9, "gold", 0)])
+    assert [(t.campaign_id, t.event_id, t.priority) for t in triggers] == [("service-recovery", "e-9", "high")]

@@ -198,7 +198,7 @@ def test_round_trip_mid_stream_gives_the_same_results() -> None:
                 sorted(times, key=lambda t: t + rng.randrange(0, 60_000))]
 
     def ref(i: int, at: int, score: int, keep: bool) -> AnswerRef | None:
-        return (f"e-{i}", f"c-{i % 17}", score, "gold" if i % 2 else None) if keep else None
+        return (f"e-{i}", f"c-{i % 17}", score, "gold" if i % 2 else None, 100 * i) if keep else None
 
     straight = Feed()
     for i, (at, score, keep) in enumerate(arrivals):
@@ -224,9 +224,9 @@ def test_round_trip_mid_stream_gives_the_same_results() -> None:
 
 def test_answers_between_returns_kept_refs() -> None:
     feed = Feed()
-    detractor_a: AnswerRef = ("e-1", "c-1", 3, "gold")
-    detractor_b: AnswerRef = ("e-2", "c-2", 0, None)
-    detractor_c: AnswerRef = ("e-3", "c-3", 6, "silver")
+    detractor_a: AnswerRef = ("e-1", "c-1", 3, "gold", 62_050)
+    detractor_b: AnswerRef = ("e-2", "c-2", 0, None, 0)
+    detractor_c: AnswerRef = ("e-3", "c-3", 6, "silver", 15_000)
     feed.add(T0 + 1 * MIN, 3, detractor_a)
     feed.add(T0 + 2 * MIN, 9, None)  # not kept
     feed.add(T0 + 4 * MIN, 0, detractor_b)
@@ -242,10 +242,17 @@ def test_answers_between_returns_kept_refs() -> None:
 
 def test_state_is_plain_data() -> None:
     feed = Feed()
-    feed.add(T0, 3, ("e-1", "c-1", 3, None))
+    feed.add(T0, 3, ("e-1", "c-1", 3, None, 0))
     feed.add(T0 + 4 * MIN)
     data = feed.windows.to_dict()
     assert orjson.loads(orjson.dumps(data)) == orjson.loads(orjson.dumps(SegmentWindows.from_dict(data).to_dict()))
     assert data["closed_upto"] == T0 + 2 * MIN
     assert [start for start, _ in data["closed"]] == [T0]
     assert [start for start, _ in data["open"]] == [T0 + 4 * MIN]
+
+
+def test_state_from_before_answer_values_loads_with_value_zero() -> None:
+    """Answer refs stored before they carried the customer's value load as value 0."""
+    data = {"open": [], "closed": [[T0, [[1, 0, 0], [["e-1", "c-1", 3, "gold"]], {}]]], "closed_upto": T0 + MIN,
+            "late": 0}
+    assert SegmentWindows.from_dict(data).answers_between(T0, T0 + MIN) == [("e-1", "c-1", 3, "gold", 0)]
