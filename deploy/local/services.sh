@@ -8,7 +8,11 @@
 # certificate for 127.0.0.1/localhost (keytool, under .cache/run/kafka/tls/) and a random password, kept
 # in .cache/run/services.env (mode 600) and shown only by `env`. Inter-broker traffic stays PLAINTEXT.
 #
-# Usage: deploy/local/services.sh start|stop|status|env
+# Usage: deploy/local/services.sh start|stop|status|env|restart-kafka
+#
+# `restart-kafka` stops the running broker (SIGTERM, like `stop`) and starts it again on the same ports with
+# the same data, cluster and SASL user (a fresh TLS certificate and CA in the same files); Redis is left alone.
+# For fault tests: NPSPULSE_KAFKA_DOWN_SECONDS (default 0) keeps the broker down that long in between.
 #
 # `env` prints exports for the tests:
 #   NPSPULSE_KAFKA_BOOTSTRAP             PLAINTEXT bootstrap, 127.0.0.1:<broker port>
@@ -278,7 +282,9 @@ start_kafka() {
   generate_tls "$dir/tls" "$keystore_password" >"$dir/tls.log" 2>&1 &
   tls_pid=$!
 
-  cluster_id="$(random_cluster_id)"
+  # A fresh start wipes the run dir; a restart (restart-kafka) keeps the data and so its cluster id.
+  cluster_id="$(sed -n 's/^cluster\.id=//p' "$dir/data/meta.properties" 2>/dev/null || true)"
+  [[ -n "$cluster_id" ]] || cluster_id="$(random_cluster_id)"
   if ! "$java" -Xmx256m -XX:TieredStopAtLevel=1 -Dlog4j.configuration="file:$dir/log4j.properties" \
       -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$dir/server.properties" --ignore-formatted \
@@ -452,6 +458,15 @@ cmd_stop() {
   log "stopped"
 }
 
+cmd_restart_kafka() {
+  load_ports
+  [[ -f "$STATE_FILE" ]] || die "services were not started (start them with: $0 start)"
+  stop_kafka
+  sleep "${NPSPULSE_KAFKA_DOWN_SECONDS:-0}"
+  rm -rf "$RUN_DIR/kafka/tls"   # start_kafka makes a new CA and broker keystore (new keystore password)
+  start_kafka
+}
+
 cmd_status() {
   load_ports
   local rc=0 pid
@@ -485,5 +500,6 @@ case "${1:-}" in
   stop) cmd_stop ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+  restart-kafka) cmd_restart_kafka ;;
+  *) echo "usage: $0 start|stop|status|env|restart-kafka" >&2; exit 2 ;;
 esac

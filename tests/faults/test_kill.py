@@ -1,0 +1,70 @@
+"""SIGKILL of workers mid-stream: restarts (one worker) and take-over by a survivor (two workers in a group).
+
+Both failed on main before 094e37d (effectively-once worker state): double counts, changed alerts, lost windows;
+the figures of both versions are in docs/reliability.md."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import PacedProducer, describe, report, scenario
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
+    run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url)
+    rng = random.Random(1208)
+    kill_points = sorted(rng.uniform(0.15, 0.8) for _ in range(2))
+    producer = PacedProducer(run.config, lines)
+    run.start()
+    run.wait_ready()
+    producer.start()
+    try:
+        for number, point in enumerate(kill_points):
+            # Events keep coming while the worker is down, but the next kill waits for the restarted worker
+            # to own its partitions again: each kill hits a worker that is processing.
+            producer.hold_at = kill_points[number + 1] if number + 1 < len(kill_points) else 1.0
+            producer.wait_for(point)
+            readies = run.readies()
+            run.kill()
+            run.start()
+            run.wait_ready(since=readies)
+            producer.hold_at = 1.0 if number + 1 == len(kill_points) else producer.hold_at
+        producer.hold_at = 1.0
+        run.settle(producer, expected)
+        assert producer.failed == 0
+        assert run.alive() == ["worker"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
+        report("sigkill_restart", figures, kills=run.kills, kill_points=kill_points)
+        assert figures.exact(), describe(run, figures)
+    finally:
+        run.stop_all()
+
+
+def test_survivor_takes_over_a_killed_workers_partitions(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
+    run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url, seed=9)
+    producer = PacedProducer(run.config, lines)
+    run.start("a")
+    run.wait_ready("a")
+    before = run.readies("a")
+    run.start("b")
+    run.wait_ready("b")
+    run.wait_ready("a", since=before)  # the group rebalanced: both own partitions
+    producer.start()
+    try:
+        producer.wait_for(0.45)
+        before = run.readies("a")
+        run.kill("b")
+        run.wait_ready("a", since=before)  # took over b's partitions once b's session expired
+        run.settle(producer, expected)
+        assert producer.failed == 0
+        assert run.alive() == ["a"], describe(run, run.figures(expected))
+        figures = run.figures(expected)
+        report("sigkill_one_of_two", figures, kills=run.kills, kill_point=0.45)
+        assert figures.exact(), describe(run, figures)
+    finally:
+        run.stop_all()
