@@ -24,14 +24,17 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
 from faust.types import TP, EventT, Message
 
 from processors.config import Config
@@ -349,7 +352,8 @@ class Pipeline:
             while ends and ends[0] < committed:
                 ends.popleft()
             ends.append(run[-1].event.message.offset)
-            self.survey_runs[self._partition_key(b"survey-runs", partition)] = list(ends)
+            with as_current_event(run[-1].event):
+                self.survey_runs[self._partition_key(b"survey-runs", partition)] = list(ends)
         await self.app.producer.flush()
 
     @metrics.timed("answers")
@@ -560,15 +564,17 @@ class Pipeline:
         let each through once."""
         self._checkpointed = time.monotonic()
         dirty, self._dirty = self._dirty, {}
+        held, self._held = self._held, []
+        of_partition = {event.message.partition: event for event in held}
         for partition, changed in dirty.items():
             stage, applied = self._stages.get(partition), self._applied.get(partition)
-            if stage is None or applied is None:
+            if stage is None or applied is None or partition not in of_partition:
                 continue  # revoked: its next owner replays from the commit
-            for segment_id in changed:
-                runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
-                self.segments[self._table_key(segment_id, partition)] = {
-                    "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}
-        held, self._held = self._held, []
+            with as_current_event(of_partition[partition]):
+                for segment_id in changed:
+                    runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
+                    self.segments[self._table_key(segment_id, partition)] = {
+                        "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}
         await self.app.producer.flush()
         for event in held:
             event.ack()
@@ -658,6 +664,17 @@ class Pipeline:
                    ("npspulse.source.partition", str(message.partition).encode()),
                    ("npspulse.source.offset", str(message.offset).encode())]
         await self.dead_letter.send(key=message.key, value=message.value if value is None else value, headers=headers)
+
+
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Write tables as if processing ``event``: Faust's RocksDB store files a key under the partition of the
+    current event, and these writes happen after a batch, with none current (or one of another partition)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -10,13 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import PacedProducer, describe, report, scenario
+from tests.faults.harness import CONFIG, PacedProducer, describe, report, scenario
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
-def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str) -> None:
-    run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url)
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, redis_url: str, store: str) -> None:
+    # rocksdb://: the restarted worker reopens the tables it kept on disk (same data directory) and reads only
+    # the changelog written since; memory:// rebuilds them from the whole changelog.
+    run, expected, lines = scenario(tmp_path, kafka_bootstrap, redis_url,
+                                    config_text=CONFIG + f'\n[worker]\nstore = "{store}"\n')
     rng = random.Random(1208)
     kill_points = sorted(rng.uniform(0.15, 0.8) for _ in range(2))
     producer = PacedProducer(run.config, lines)
@@ -39,7 +43,7 @@ def test_sigkill_and_restart_mid_stream(tmp_path: Path, kafka_bootstrap: str, re
         assert producer.failed == 0
         assert run.alive() == ["worker"], describe(run, run.figures(expected))
         figures = run.figures(expected)
-        report("sigkill_restart", figures, kills=run.kills, kill_points=kill_points)
+        report("sigkill_restart", figures, kills=run.kills, kill_points=kill_points, store=store)
         assert figures.exact(), describe(run, figures)
     finally:
         run.stop_all()
