@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := out/demo
 
-.PHONY: install demo test unit lint services-start services-stop clean
+.PHONY: install demo test unit lint soak services-start services-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "npspulse needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# Not part of `make test`: one worker for 30 minutes at a fixed load; prints memory, lag and errors over time.
+soak: $(STAMP)
+	deploy/local/with-services.sh $(PY) bench/soak.py $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
