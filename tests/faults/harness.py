@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from streams.replay import replay
 from streams.settings import load_config
 from streams.simulate import SimulationSettings, parse_incident, simulate_to_file
 from streams.topics import TopicNames, kafka_client_config
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = int(os.environ.get("NPSPULSE_FAULT_EVENTS", "7200"))
@@ -59,12 +59,6 @@ partitions = 3
 [delivery]
 max_per_customer = 0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def simulate_stream(path: Path, *, events: int = EVENTS, seed: int = 8) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,13 @@ from confluent_kafka import Consumer
 from processors.config import Config
 from streams.settings import load_config
 from streams.topics import TopicNames, kafka_client_config
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = """
 [kafka]
 partitions = 3
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -8,7 +8,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,14 +28,9 @@ from streams.redis_connect import check_credentials
 from streams.redis_store import RedisStore, StoreUnavailable
 from streams.settings import load_config
 from streams.simulate import SimulationSettings, simulate_to_file
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.redis]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _openssl(*args: str) -> None:
@@ -77,7 +71,7 @@ def secure_redis(tmp_path: Path):
     _openssl("x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(tls / "ca.pem"), "-CAkey", str(tls / "ca.key"),
              "-CAcreateserial", "-days", "1", "-extfile", str(tls / "san.ext"), "-out", str(tls / "server.pem"))
     password = secrets.token_urlsafe(24)
-    port, tls_port = _free_port(), _free_port()
+    port, tls_port = free_port(), free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--tls-port", str(tls_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", password,
