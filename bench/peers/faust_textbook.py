@@ -5,6 +5,9 @@ windowed table counting answers per segment membership in 5-minute event-time wi
 
 One worker owns every partition, so one table holds all counts (several workers would need the stream
 regrouped by segment first: more work, not less). The counts are read back from the table's changelog.
+Windows expire after a day, not the docs' hour: reading a backlog, one partition's event time runs hours ahead of
+the others, an expired window is dropped and restarts from 0 when a lagging partition adds to it (with 1 hour,
+2,812 of 57,681 windows of the 50,000-answer bench came out wrong).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Answer(faust.Record, serializer="json", isodates=True):
 
 
 surveys = app.topic(os.environ["BENCH_TOPIC"], value_type=Answer)
-counts = app.Table("segment-counts", default=int).tumbling(300, expires=timedelta(hours=1)).relative_to_field(
+counts = app.Table("segment-counts", default=int).tumbling(300, expires=timedelta(days=1)).relative_to_field(
     Answer.answered_at)
 
 
