@@ -79,12 +79,16 @@ class Broker:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
-        out, left = [], sum(ends.values())
-        while left > 0:
-            for message in consumer.consume(10_000, timeout=5.0):
+        out, left = [], {p for p, end in ends.items() if end > 0}
+        while left:  # by offset, not by count: a compacted changelog has fewer records than offsets
+            batch = consumer.consume(10_000, timeout=5.0)
+            if not batch:
+                break
+            for message in batch:
                 if message.error() is None:
                     out.append((message.key(), message.value()))
-                    left -= 1
+                    if message.offset() >= ends[message.partition()] - 1:
+                        left.discard(message.partition())
         consumer.close()
         return out
 
