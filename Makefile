@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := out/demo
+BENCH_VENV := .venv-quix
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 
-.PHONY: install demo test unit lint soak services-start services-stop clean
+.PHONY: install demo test unit lint bench soak services-start services-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "npspulse needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -41,6 +43,18 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Throughput of npspulse against the raw-consume ceiling, Faust written per its docs and Quix Streams (bench/run.py,
+# docs/performance.md); BENCH_EVENTS (default 50000), BENCH_CUSTOMERS, BENCH_RUNS set the size. Not part of `make test`.
+# Quix Streams (the `bench` extra) pins confluent-kafka < 2.13, so it gets its own venv: .venv keeps what `make test` uses.
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	deploy/local/with-services.sh $(PY) bench/run.py
+
 services-start:
 	deploy/local/services.sh start
 
@@ -48,4 +62,4 @@ services-stop:
 	deploy/local/services.sh stop
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) out .pytest_cache .ruff_cache
