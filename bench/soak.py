@@ -14,7 +14,6 @@ the second half (flat once windows expire is the goal), the largest lag and the 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import subprocess
@@ -22,14 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import orjson
-from worker_throughput import free_port, lag
+from worker_throughput import free_port, fresh_deployment, lag
 
 from streams.client import ensure_topics, make_producer
-from streams.settings import load_config
 from streams.simulate import SimulationSettings, simulate_to_file
 from streams.topics import TopicNames
 
@@ -84,14 +81,10 @@ def main() -> None:
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        prefix = f"soak{uuid.uuid4().hex[:8]}."
-        config_path = workdir / "npspulse.toml"
         # A one-day RFM horizon: the soak covers a few days of event time, so purchase histories turn over
         # like every other piece of state (with the default 90 days they would only grow during a soak).
-        config_path.write_text(f"[kafka]\npartitions = {args.partitions}\n\n[profiles]\nhorizon = \"1d\"\n")
-        env = {**os.environ, "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix}
-        config = load_config(config_path, environ=env)
-        names = TopicNames.from_settings(config.kafka)
+        config_path, env, config, names = fresh_deployment(
+            workdir, "soak", f"[kafka]\npartitions = {args.partitions}\n\n[profiles]\nhorizon = \"1d\"\n")
         ensure_topics(config)
         lines = stream_lines(workdir / "stream.jsonl", int(seconds * args.rate), args.customers)
         print(f"soak: {len(lines):,} records offered at {args.rate}/s for {args.minutes:g} min, "

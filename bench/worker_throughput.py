@@ -23,6 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from processors.config import Config
 from streams.app import app_id
 from streams.client import produce_files
 from streams.settings import load_config
@@ -50,13 +51,19 @@ def lag(config, names: TopicNames, partitions: int) -> int:
         consumer.close()
 
 
-def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
-    prefix = f"bench{uuid.uuid4().hex[:8]}."
+def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path, dict[str, str], Config, TopicNames]:
+    """A config file in ``workdir`` and an environment whose topic prefix (hence topics and group) is new."""
+    prefix = f"{label}{uuid.uuid4().hex[:8]}."
     config_path = workdir / "npspulse.toml"
-    config_path.write_text(f"[kafka]\npartitions = {partitions}\n")
+    config_path.write_text(config_text)
     env = {**os.environ, "NPSPULSE_KAFKA_TOPIC_PREFIX": prefix}
     config = load_config(config_path, environ=env)
-    names = TopicNames.from_settings(config.kafka)
+    return config_path, env, config, TopicNames.from_settings(config.kafka)
+
+
+def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
+    config_path, env, config, names = fresh_deployment(workdir, "bench", f"[kafka]\npartitions = {partitions}\n")
+    prefix = env["NPSPULSE_KAFKA_TOPIC_PREFIX"]
     report = produce_files([path], config, progress=False)
     log = (workdir / f"{prefix}log").open("wb")
     started = time.perf_counter()
