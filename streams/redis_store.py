@@ -179,17 +179,21 @@ class RedisStore:
             metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
 
-    async def snapshots(self, segment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        """The snapshot hash of each segment that has one (one round trip). Raises StoreUnavailable."""
-        segment_ids = list(segment_ids)
+    async def _each(self, command: str, keys: list[str], *args: Any) -> list[Any]:
+        """The replies of one read ``command`` on every key, in one pipelined round trip. Raises StoreUnavailable."""
         try:
             pipe = self._client.pipeline(transaction=False)
-            for segment_id in segment_ids:
-                pipe.hgetall(self.segment_key(segment_id))
-            replies = await pipe.execute()
+            for key in keys:
+                getattr(pipe, command)(key, *args)
+            return await pipe.execute()
         except _FAILURES as error:
             metrics.redis_error("redis_store", error)
             raise StoreUnavailable(type(error).__name__) from error
+
+    async def snapshots(self, segment_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The snapshot hash of each segment that has one (one round trip). Raises StoreUnavailable."""
+        segment_ids = list(segment_ids)
+        replies = await self._each("hgetall", [self.segment_key(segment_id) for segment_id in segment_ids])
         return {segment_id: fields for segment_id, fields in zip(segment_ids, replies, strict=True) if fields}
 
     async def window_history(self, segment_id: str, limit: int = WINDOW_HISTORY_SIZE) -> list[dict]:
@@ -205,14 +209,8 @@ class RedisStore:
         """The ``limit`` most recent closed windows of each segment, newest first (one round trip).
         Raises StoreUnavailable."""
         segment_ids = list(segment_ids)
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for segment_id in segment_ids:
-                pipe.zrevrange(self.window_history_key(segment_id), 0, limit - 1)
-            replies = await pipe.execute()
-        except _FAILURES as error:
-            metrics.redis_error("redis_store", error)
-            raise StoreUnavailable(type(error).__name__) from error
+        replies = await self._each("zrevrange", [self.window_history_key(segment_id) for segment_id in segment_ids],
+                                   0, limit - 1)
         return {segment_id: [orjson.loads(member) for member in members]
                 for segment_id, members in zip(segment_ids, replies, strict=True)}
 
