@@ -85,14 +85,12 @@ class CustomerStage:
         else:
             rfm = profile.rfm(answer.answered_at, profiles.horizon_days)
             tier, value = profiles.tier_for(rfm.frequency, rfm.monetary), to_cents(rfm.monetary)
-        values = self.segmenter.dimension_values(answer, tier)
-        memberships = self.segmenter.memberships_of(values)
+        memberships, drivers = self.segmenter.placement(answer, tier)
         if triggers is not None:
             triggers.extend(self.retargeter.for_answer(answer, memberships, tier))
         # Kept for in-spike campaigns, and every detractor for the revenue at risk of an alert.
         keep = answer.score in self.retargeter.alert_scores or classify(answer.score) is Loyalty.DETRACTOR
         ref = (answer.event_id, answer.customer_id, answer.score, tier, value) if keep else None
-        drivers = self.segmenter.driver_values(answer, tier, values)
         return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, drivers) for segment in memberships]
 
 

@@ -20,6 +20,7 @@ from fnmatch import fnmatchcase
 
 from processors.events import RetargetTrigger, SurveyResponse
 from processors.nps import Loyalty, classify
+from processors.segments import PLACEMENT_CACHE_SIZE
 from processors.timeparse import DAY_MS
 from processors.windows import AnswerRef
 
@@ -66,6 +67,7 @@ class Retargeter:
     def __init__(self, rules: Iterable[CampaignRule]) -> None:
         rules = tuple(rules)
         self._answer_rules = [rule for rule in rules if not rule.in_spike]
+        self._segment_matches: dict[tuple[int, str], bool] = {}  # (answer rule index, segment id) -> matches
         self._alert_rules = [rule for rule in rules if rule.in_spike]
         # Scores whose answers the windows must remember for in-spike campaigns.
         self.alert_scores: frozenset[int] = frozenset(
@@ -76,10 +78,10 @@ class Retargeter:
             return []
         loyalty = classify(answer.score)
         out = []
-        for rule in self._answer_rules:
+        for index, rule in enumerate(self._answer_rules):
             if not rule.matches_score(answer.score) or not rule.matches_tier(tier):
                 continue
-            segment = next((s for s in memberships if rule.matches_segment(s)), None)
+            segment = next((s for s in memberships if self._matches(index, rule, s)), None)
             if segment is None:
                 continue
             out.append(RetargetTrigger(
@@ -90,6 +92,16 @@ class Retargeter:
                 expires_at=answer.answered_at + rule.expires_after_ms,
             ))
         return out
+
+    def _matches(self, index: int, rule: CampaignRule, segment_id: str) -> bool:
+        """``rule.matches_segment``, remembered (cleared at PLACEMENT_CACHE_SIZE entries)."""
+        key = (index, segment_id)
+        matched = self._segment_matches.get(key)
+        if matched is None:
+            if len(self._segment_matches) >= PLACEMENT_CACHE_SIZE:
+                self._segment_matches.clear()
+            matched = self._segment_matches[key] = rule.matches_segment(segment_id)
+        return matched
 
     def for_alert(self, segment_id: str, alert_id: str, severity: str, at: int,
                   answers: list[AnswerRef]) -> list[RetargetTrigger]:

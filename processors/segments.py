@@ -11,11 +11,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 from processors.events import SurveyResponse
 
 ALL_SEGMENT = "all"
+PLACEMENT_CACHE_SIZE = 65_536
 EVENT_DIMENSIONS = ("region", "channel", "touchpoint")
 TIER_DIMENSION = "tier"
 _ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "=": "%3D"})
@@ -81,14 +83,9 @@ class Segmenter:
     def __init__(self, settings: SegmentationSettings) -> None:
         self._crosses = settings.segments
         self._bands = dict(settings.bands)
-
-    @property
-    def dimensions(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for cross in self._crosses:
-            for name in cross:
-                seen[name] = None
-        return list(seen)
+        self.dimensions: tuple[str, ...] = tuple(dict.fromkeys(name for cross in self._crosses for name in cross))
+        # (dimension values, event dimensions, tier) -> (memberships, driver values): few distinct combinations
+        self._placements: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...]]] = {}
 
     def dimension_values(self, answer: SurveyResponse, tier: str | None) -> dict[str, str]:
         """The value of every used dimension for this answer (missing ones left out)."""
@@ -113,6 +110,19 @@ class Segmenter:
     def memberships(self, answer: SurveyResponse, tier: str | None) -> list[str]:
         """Every segment id this answer belongs to, in config order."""
         return self.memberships_of(self.dimension_values(answer, tier))
+
+    def placement(self, answer: SurveyResponse, tier: str | None) -> tuple[list[str], tuple[str, ...]]:
+        """The answer's memberships and driver values (both shared: do not mutate), computed once per distinct
+        combination of values; the cache is cleared when it reaches PLACEMENT_CACHE_SIZE entries."""
+        values = self.dimension_values(answer, tier)
+        key = (tuple(values.items()), answer.region, answer.channel, answer.touchpoint, tier)
+        placement = self._placements.get(key)
+        if placement is None:
+            if len(self._placements) >= PLACEMENT_CACHE_SIZE:
+                self._placements.clear()
+            placement = self._placements[key] = (self.memberships_of(values),
+                                                 self.driver_values(answer, tier, values))
+        return placement
 
     def driver_values(self, answer: SurveyResponse, tier: str | None, values: Mapping[str, str]) -> tuple[str, ...]:
         """``"dimension=value"`` for the answer's touchpoint, channel, region, tier and configured dimensions:

@@ -246,8 +246,13 @@ class SpikeDetector:
         end = start + MINUTE_MS
         window_start = start - settings.resolve_window_ms + MINUTE_MS
         state.learn_until(start - settings.baseline_delay_ms, settings.baseline)
-        state.recent = [row for row in state.recent if row[0] >= window_start]
-        state.recent.append([start, n, d])
+        recent = state.recent  # in time order: drop the rows that left the last hour from the front
+        stale = 0
+        while stale < len(recent) and recent[stale][0] < window_start:
+            stale += 1
+        if stale:
+            del recent[:stale]
+        recent.append([start, n, d])
         q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
         warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
         designs = None if warming_up else self.designs(state, q0)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.nps import Loyalty, NpsCounts, classify
+from processors.nps import NpsCounts
 from processors.timeparse import MINUTE_MS
 
 # (event_id, customer_id, score, tier, value in cents): what in-spike campaigns and an alert's revenue at risk
@@ -62,8 +62,8 @@ class WindowSettings:
 
 
 def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) -> None:
-    """Count one answer with this score under each of its driver values."""
-    detractor = int(classify(score) is Loyalty.DETRACTOR)
+    """Count one answer with this (validated, 0-10) score under each of its driver values."""
+    detractor = 1 if score <= 6 else 0  # a detractor, as in ``classify``
     for key in drivers:
         row = breakdown.get(key)
         if row is None:

@@ -120,3 +120,20 @@ def test_segment_id_round_trips_any_values() -> None:
         assert parse_segment_id(text) == pairs
         assert text.count("|") == len(pairs) - 1
         assert text.count("=") == len(pairs)
+
+
+def test_placement_matches_uncached_results_and_bounds_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import processors.segments as segments
+
+    monkeypatch.setattr(segments, "PLACEMENT_CACHE_SIZE", 4)
+    settings = SegmentationSettings(segments=((), ("region",), ("region", "plan"), ("age_band",)), bands={"age_band": AGE})
+    segmenter = Segmenter(settings)
+    rng = random.Random(5)
+    for _ in range(300):
+        one = answer(region=rng.choice(["EU", "NA", None]), channel=rng.choice(["app", None]),
+                     attributes={"plan": rng.choice(["pro", "basic"]), "age": str(rng.randint(18, 80))})
+        tier = rng.choice(["gold", None])
+        values = segmenter.dimension_values(one, tier)
+        assert segmenter.placement(one, tier) == (segmenter.memberships_of(values),
+                                                  segmenter.driver_values(one, tier, values))
+        assert len(segmenter._placements) <= 4
