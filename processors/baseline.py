@@ -100,6 +100,7 @@ class HourlyBaseline:
     p: list[float] = field(default_factory=lambda: [0.0] * HOURS)
     window: list[float] | None = None
     dispersion: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    _sums: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)  # sum n, d, p
 
     def update(self, slice_start_ms: int, n: int, d: int, settings: BaselineSettings = DEFAULT_BASELINE,
                promoters: int = 0) -> None:
@@ -123,6 +124,7 @@ class HourlyBaseline:
                 self.p = [x * factor for x in self.p]
                 a, b, v = self.dispersion
                 self.dispersion = [a * factor, b * factor, v * (factor * factor)]
+        self._sums = None
         hour = hour_of(slice_start_ms)
         if self.window is None:
             self.window = [window_start, 0, 0, self.d[hour] / self.n[hour] if self.n[hour] > 0.0 else -1.0,
@@ -156,10 +158,16 @@ class HourlyBaseline:
             return 0.0
         return min(max(0.0, a - settings.dispersion_z * math.sqrt(v)) / b, MAX_DISPERSION)
 
+    def sums(self) -> tuple[float, float, float]:
+        """(sum N, sum D, sum P) over all hours, kept until the next update."""
+        if self._sums is None:
+            self._sums = (sum(self.n), sum(self.d), sum(self.p))
+        return self._sums
+
     @property
     def history(self) -> float:
         """Decayed answers over all hours (sum N)."""
-        return sum(self.n)
+        return self.sums()[0]
 
     def share(self, hour: int, parent: Estimate | None, settings: BaselineSettings = DEFAULT_BASELINE) -> float | None:
         """Baseline detractor share q0 for UTC ``hour`` given the parent's (hour share, level) estimate; None
@@ -181,11 +189,11 @@ class HourlyBaseline:
         the parent's hour-of-day profile (its hour share over its level), and the hour's share shrinks toward
         it. Below ``min_history`` the parent's estimate stands in (None without a parent).
         """
-        history = self.history
+        history, detractors, promoter_total = self.sums()
         if history < settings.min_history:
             return parent
         counts = self.p if promoters else self.d
-        total = sum(counts)
+        total = promoter_total if promoters else detractors
         m = settings.shrinkage
         if parent is None:  # a root: its own level, no profile
             level = (total + 0.5) / (history + 1.0)
