@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors.config import EngineSettings
 from processors.dedup import RecentEvents
@@ -44,9 +44,9 @@ class Outputs:
         self.late.extend(other.late)
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentAnswer:
-    """One answer as seen by one segment: what the segment stage needs, nothing more."""
+class SegmentAnswer(NamedTuple):
+    """One answer as seen by one segment: what the segment stage needs, nothing more (a tuple: an answer makes
+    one per segment it belongs to, and a frozen dataclass costs several times more to build)."""
 
     segment_id: str
     at: int
