@@ -8,12 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import redis
 
 from processors.config import RedisSettings
 from processors.events import MAX_ID_CHARS
-from streams.redis_connect import client_options
-from streams.redis_store import ATTRIBUTES_KEY
 
 BATCH = 1000
 
@@ -51,6 +48,12 @@ def read_customers(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def load_customers(path: Path, settings: RedisSettings) -> int:
+    """Write each customer's attributes to Redis (replacing what was there); returns the count."""
+    import redis  # here, not at module level: `replay --optout` reads id files without Redis or Faust
+
+    from streams.redis_connect import client_options
+    from streams.redis_store import ATTRIBUTES_KEY
+
     client = redis.Redis.from_url(settings.url, **client_options(settings))
     count = 0
     pipe = client.pipeline(transaction=False)
