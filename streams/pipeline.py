@@ -68,6 +68,7 @@ POSITION_TIMEOUT_SECONDS = 1.0
 # a checkpoint holds their effect, and each table value records the last answer run it counted.
 CHECKPOINT_SECONDS = 2.0
 MAX_RUN_ENDS = 10_000  # run ends kept per survey partition while its commits lag (about 20M answers)
+SEGMENT_CACHE_SIZE = 65_536  # segment ids whose partition and parenthood are remembered
 SLICES_PER_RECORD = 500  # (segment, slice) aggregates per segment-slices record, well under Kafka's 1 MB limit
 
 
@@ -104,6 +105,8 @@ class Pipeline:
         retargeter = Retargeter(self.settings.campaigns)
         self._hierarchy = Hierarchy(self.settings.segmentation)
         self._replica_keys: dict[tuple[bytes, int], bytes] = {}
+        self._owners: dict[str, int] = {}  # segment -> its slice partition (murmur2 of its id)
+        self._parents: dict[str, bool] = {}  # segment -> some configured segment shrinks toward it
         # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
         self._snapshot_window = next(spec.name for spec in self.settings.windows.specs if spec.tumbling)
         self.customer_stage = CustomerStage(self.settings, retargeter)
@@ -396,13 +399,18 @@ class Pipeline:
         parts) rather than one per slice: the segments agent decodes a few large records, not thousands."""
         by_partition: dict[int, list[list[Any]]] = {}
         for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
-            entry = [segment_id, start, aggregate.counts.to_list(), aggregate.refs, aggregate.breakdown]
-            if self._hierarchy.is_parent(segment_id):
-                # every slice partition keeps a replica of a parent segment: its children there need its baseline
+            counts = aggregate.counts.to_list()
+            entry = [segment_id, start, counts, aggregate.refs, aggregate.breakdown]
+            owner = self.partition_of(segment_id)
+            if self._is_parent(segment_id):
+                # Every slice partition keeps a replica of a parent segment: its children there need its baseline
+                # and open alert. A replica emits nothing, so it gets the counts only: answers kept for triggers
+                # and revenue, and the driver breakdown of alert evidence, go to the owner alone.
+                replica = [segment_id, start, counts, [], {}]
                 for partition in range(self.partitions):
-                    by_partition.setdefault(partition, []).append(entry)
+                    by_partition.setdefault(partition, []).append(entry if partition == owner else replica)
             else:
-                by_partition.setdefault(self.partition_of(segment_id), []).append(entry)
+                by_partition.setdefault(owner, []).append(entry)
         sent = []
         for partition, entries in sorted(by_partition.items()):
             for part, first in enumerate(range(0, len(entries), SLICES_PER_RECORD)):
@@ -596,7 +604,20 @@ class Pipeline:
 
     def partition_of(self, segment_id: str) -> int:
         """The segment-slices partition that owns a segment: where the producer's partitioner sends its key."""
-        return partition_for(segment_id.encode(), self.partitions)
+        partition = self._owners.get(segment_id)
+        if partition is None:
+            if len(self._owners) >= SEGMENT_CACHE_SIZE:
+                self._owners.clear()
+            partition = self._owners[segment_id] = partition_for(segment_id.encode(), self.partitions)
+        return partition
+
+    def _is_parent(self, segment_id: str) -> bool:
+        parent = self._parents.get(segment_id)
+        if parent is None:
+            if len(self._parents) >= SEGMENT_CACHE_SIZE:
+                self._parents.clear()
+            parent = self._parents[segment_id] = self._hierarchy.is_parent(segment_id)
+        return parent
 
     def _table_key(self, segment_id: str, partition: int) -> bytes:
         """The segments-table key of a segment's state on a slice partition. The table's changelog is
