@@ -138,12 +138,14 @@ class SegmentStage:
                      item.segment_id)
 
     def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef],
-                  breakdown: Breakdown | None = None) -> None:
-        """Merge a pre-aggregated slice; raises LateAnswer if the slice is closed."""
+                  breakdown: Breakdown | None = None, without_attributes: int = 0) -> None:
+        """Merge a pre-aggregated slice (``without_attributes`` of its answers segmented without customer
+        attributes); raises LateAnswer if the slice is closed."""
         windows = self._state(segment_id).windows
         if not self.owns(segment_id):
             refs = []  # a replica never triggers campaigns
-        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms, breakdown), segment_id)
+        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms, breakdown,
+                                       without_attributes), segment_id)
 
     def _state(self, segment_id: str) -> SegmentState:
         state = self.segments.get(segment_id)
@@ -200,7 +202,8 @@ class SegmentStage:
             chain.append(self.segments[parent].spikes)
             parent = self.parent_of(parent)
         open_before = state.alert
-        events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain)
+        events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain,
+                                       piece.without_attributes)
         if not self.owns(segment_id):
             return
         windows = self.segments[segment_id].windows
@@ -243,9 +246,11 @@ def to_cents(amount: Decimal) -> int:
     return int(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) * 100)
 
 
-def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tuple[str, int], SliceAggregate]:
+def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
+                       without_attributes: bool = False) -> dict[tuple[str, int], SliceAggregate]:
     """Combine segment answers per (segment, slice start): what crosses the repartition, so its traffic
-    grows with segments x slices rather than with answers x segments."""
+    grows with segments x slices rather than with answers x segments. ``without_attributes``: the answers
+    were segmented without customer attributes (each aggregate then counts all of its answers as such)."""
     combined: dict[tuple[str, int], SliceAggregate] = {}
     for item in items:
         key = (item.segment_id, item.at - item.at % slice_ms)
@@ -256,6 +261,9 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int) -> dict[tu
         if item.ref is not None:
             aggregate.refs.append(item.ref)
         count_drivers(aggregate.breakdown, item.drivers, item.score)
+    if without_attributes:
+        for aggregate in combined.values():
+            aggregate.without_attributes = aggregate.counts.total
     return combined
 
 
@@ -264,6 +272,7 @@ class SliceAggregate:
     counts: NpsCounts
     refs: list[AnswerRef]
     breakdown: Breakdown
+    without_attributes: int = 0  # of ``counts``, the answers segmented without customer attributes
 
 
 class Engine:

@@ -379,6 +379,9 @@ class AlertEvent:
     at_risk_customers: int = 0
     currency: str = ""
     revenue_since: int = 0
+    # Of ``responses``, the answers segmented without their customer's stored attributes (the attribute store was
+    # unreachable): in the record only when > 0.
+    answers_without_attributes: int = 0
 
     @property
     def id(self) -> str:
@@ -404,7 +407,7 @@ class AlertEvent:
 
     def to_dict(self) -> dict[str, Any]:
         low, high = wilson_interval(self.detractors, self.responses)
-        return {
+        record: dict[str, Any] = {
             "id": self.id, "schema_version": SCHEMA_VERSION, "type": f"alert.{self.kind}",
             "alert_id": self.alert_id, "incident_id": self.incident_id, "segment_id": self.segment_id,
             "parent_segment_id": self.parent_segment_id, "rule": self.rule, "severity": self.severity,
@@ -425,6 +428,9 @@ class AlertEvent:
                                 "customers": self.at_risk_customers, "since": self.revenue_since or self.onset_at,
                                 "since_iso": format_rfc3339_ms(self.revenue_since or self.onset_at)},
         }
+        if self.answers_without_attributes:
+            record["answers_without_attributes"] = self.answers_without_attributes
+        return record
 
 
 @dataclass(slots=True, frozen=True)

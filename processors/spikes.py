@@ -76,7 +76,8 @@ class DetectionSettings:
 @dataclass(slots=True)
 class Evidence:
     """Counts over the slices from an onset on: answers, detractors, promoters and their baseline expectations,
-    and per driver value ``"dimension=value"`` [answers, detractors, expected detractors]."""
+    per driver value ``"dimension=value"`` [answers, detractors, expected detractors], and how many of the
+    answers were segmented without customer attributes."""
 
     since: int | None = None
     responses: int = 0
@@ -85,12 +86,15 @@ class Evidence:
     expected_detractors: float = 0.0
     expected_promoters: float = 0.0
     values: dict[str, list[float]] = field(default_factory=dict)
+    without_attributes: int = 0
 
-    def add(self, start: int, counts: NpsCounts, breakdown: Mapping[str, Sequence[int]], q0: float, p0: float) -> None:
+    def add(self, start: int, counts: NpsCounts, breakdown: Mapping[str, Sequence[int]], q0: float, p0: float,
+            without_attributes: int = 0) -> None:
         if self.since is None:
             self.since = start
         n = counts.total
         self.responses += n
+        self.without_attributes += without_attributes
         self.detractors += counts.detractors
         self.promoters += counts.promoters
         self.expected_detractors += n * q0
@@ -108,7 +112,8 @@ class Evidence:
 
     def copy(self) -> Evidence:
         return Evidence(self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
-                        self.expected_promoters, {key: list(row) for key, row in self.values.items()})
+                        self.expected_promoters, {key: list(row) for key, row in self.values.items()},
+                        self.without_attributes)
 
     @property
     def rise(self) -> float:
@@ -118,13 +123,18 @@ class Evidence:
         return self.detractors / self.responses - self.expected_detractors / self.responses
 
     def to_list(self) -> list[Any]:
-        return [self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
+        data = [self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
                 self.expected_promoters, self.values]
+        if self.without_attributes:  # only then: state without the count stays as it was (and loads in older code)
+            data.append(self.without_attributes)
+        return data
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Evidence:
-        since, n, d, p, ed, ep, values = data
-        return cls(since, int(n), int(d), int(p), float(ed), float(ep), {k: list(v) for k, v in values.items()})
+        since, n, d, p, ed, ep, values = data[:7]
+        without = int(data[7]) if len(data) > 7 else 0  # state from before the count: 0
+        return cls(since, int(n), int(d), int(p), float(ed), float(ep), {k: list(v) for k, v in values.items()},
+                   without)
 
 
 @dataclass(slots=True)
@@ -237,9 +247,11 @@ class SpikeDetector:
         return [Design(arl0, q0, min(q0 + shift, MAX_DESIGN_SHARE), r, rho) for shift in settings.shifts]
 
     def observe(self, segment_id: str, parent_id: str | None, start: int, counts: NpsCounts,
-                breakdown: Mapping[str, Sequence[int]], chain: Sequence[SpikeState]) -> list[AlertEvent]:
-        """Feed one closed slice (n > 0) to ``chain[0]``, the segment's state; ``chain[1:]`` are its ancestors'
-        states as of the end of the previous slice. Returns the alert events it caused."""
+                breakdown: Mapping[str, Sequence[int]], chain: Sequence[SpikeState],
+                without_attributes: int = 0) -> list[AlertEvent]:
+        """Feed one closed slice (n > 0, ``without_attributes`` of its answers segmented without customer
+        attributes) to ``chain[0]``, the segment's state; ``chain[1:]`` are its ancestors' states as of the end
+        of the previous slice. Returns the alert events it caused."""
         settings = self.settings
         state = chain[0]
         n, d = counts.total, counts.detractors
@@ -266,10 +278,10 @@ class SpikeDetector:
                     state.evidence[k] = Evidence()
                     if cusum.last_zero == cusum.answers:  # ... past this slice
                         continue
-                state.evidence[k].add(start, counts, breakdown, q0, p0)
+                state.evidence[k].add(start, counts, breakdown, q0, p0, without_attributes)
             alert = state.alert
             if alert is not None:
-                alert.evidence.add(start, counts, breakdown, q0, p0)
+                alert.evidence.add(start, counts, breakdown, q0, p0, without_attributes)
                 events.extend(self._while_open(segment_id, parent_id, state, alert, end, q0, designs, chain))
             else:
                 fired = [k for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True))
@@ -326,6 +338,7 @@ class SpikeDetector:
             expected_detractors=evidence.expected_detractors, expected_promoters=evidence.expected_promoters,
             statistic=alert.statistic, threshold=alert.threshold,
             drivers=drivers(segment_id, evidence, self.settings.max_drivers),
+            answers_without_attributes=evidence.without_attributes,
         )
 
 

@@ -78,6 +78,8 @@ class Slice:
     counts: NpsCounts = field(default_factory=NpsCounts)
     answers: list[AnswerRef] = field(default_factory=list)
     breakdown: Breakdown = field(default_factory=dict)
+    # of ``counts``, the answers segmented without the customer's stored attributes (their store was unreachable)
+    without_attributes: int = 0
 
     def merge_breakdown(self, breakdown: Breakdown) -> None:
         mine = self.breakdown
@@ -90,28 +92,38 @@ class Slice:
                 row[1] += d
 
     def to_list(self) -> list[Any]:
-        return [self.counts.to_list(), [list(ref) for ref in self.answers], self.breakdown]
+        data = [self.counts.to_list(), [list(ref) for ref in self.answers], self.breakdown]
+        if self.without_attributes:  # only then: state without the count stays as it was (and loads in older code)
+            data.append(self.without_attributes)
+        return data
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
         breakdown = {key: [int(n), int(d)] for key, (n, d) in data[2].items()} if len(data) > 2 else {}
         refs = [tuple(ref) if len(ref) > 4 else (*ref, 0) for ref in data[1]]  # state from before values: 0
-        return cls(NpsCounts.from_list(data[0]), refs, breakdown)  # type: ignore[arg-type]
+        without = int(data[3]) if len(data) > 3 else 0  # state from before the count: 0
+        return cls(NpsCounts.from_list(data[0]), refs, breakdown, without)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
 class WindowResult:
-    """The final result of one window of one segment, emitted once when the watermark passes its end."""
+    """The final result of one window of one segment, emitted once when the watermark passes its end.
+    ``without_attributes``: how many of its answers were segmented without their customer's stored attributes
+    (the attribute store was unreachable); in the record as ``answers_without_attributes``, only when > 0."""
 
     segment_id: str
     window: str
     start: int
     end: int
     counts: NpsCounts
+    without_attributes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "segment.window", "segment_id": self.segment_id, "window": self.window,
-                "window_start": self.start, "window_end": self.end, **self.counts.summary()}
+        record: dict[str, Any] = {"type": "segment.window", "segment_id": self.segment_id, "window": self.window,
+                                  "window_start": self.start, "window_end": self.end, **self.counts.summary()}
+        if self.without_attributes:
+            record["answers_without_attributes"] = self.without_attributes
+        return record
 
 
 class SegmentWindows:
@@ -138,13 +150,15 @@ class SegmentWindows:
         return opened
 
     def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int,
-                  breakdown: Breakdown | None = None) -> int | None:
-        """Merge a pre-aggregated slice (answers of one slice combined upstream); same contract as ``add``."""
+                  breakdown: Breakdown | None = None, without_attributes: int = 0) -> int | None:
+        """Merge a pre-aggregated slice (answers of one slice combined upstream, ``without_attributes`` of them
+        segmented without customer attributes); same contract as ``add``."""
         current, opened = self._open_slice(start, slice_ms, counts.total)
         current.counts.merge(counts)
         current.answers.extend(refs)
         if breakdown:
             current.merge_breakdown(breakdown)
+        current.without_attributes += without_attributes
         return opened
 
     def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
@@ -203,10 +217,10 @@ class SegmentWindows:
             end = low - low % step + step  # first aligned end after `low`
             last = min(upto, newest + spec.size_ms)
             while end <= last:
-                counts = self._sum(end - spec.size_ms, end)
+                counts, without = self._sum(end - spec.size_ms, end)
                 if counts.total:
                     ordered.append((end, order, WindowResult(segment_id, spec.name, end - spec.size_ms, end,
-                                                             counts)))
+                                                             counts, without)))
                 end += step
         ordered.sort(key=lambda item: (item[0], item[1]))
         return [result for _, _, result in ordered], newly
@@ -225,13 +239,16 @@ class SegmentWindows:
             out.extend(piece.answers)
         return out
 
-    def _sum(self, start: int, end: int) -> NpsCounts:
+    def _sum(self, start: int, end: int) -> tuple[NpsCounts, int]:
+        """The counts of the closed slices in ``[start, end)``, and how many were without attributes."""
         lo = bisect.bisect_left(self.closed_starts, start)
         hi = bisect.bisect_left(self.closed_starts, end)
         total = NpsCounts()
+        without = 0
         for piece in self.closed[lo:hi]:
             total.merge(piece.counts)
-        return total
+            without += piece.without_attributes
+        return total, without
 
     def _prune(self, keep_from: int) -> None:
         cut = bisect.bisect_left(self.closed_starts, keep_from)

@@ -381,7 +381,7 @@ class Pipeline:
                 items.extend(self.customer_stage.answer(answer, self._profile(answer.customer_id.encode()), triggers))
                 if answer.answered_at > times.get(source, -1):
                     times[source] = answer.answered_at
-            sent.extend(await self._send_slices(items, source, run[-1].event.message.offset))
+            sent.extend(await self._send_slices(items, source, run[-1].event.message.offset, partial))
         self.counters["surveys"] += len(answers)
         sent.extend(await self._send_triggers(triggers, partial))
         # Only after the slices are queued: a watermark marker never overtakes the data it covers.
@@ -394,18 +394,23 @@ class Pipeline:
         for pending in answers:
             pending.event.ack()
 
-    async def _send_slices(self, items: list[Any], source: int, last_offset: int) -> list[Any]:
+    async def _send_slices(self, items: list[Any], source: int, last_offset: int, partial: bool) -> list[Any]:
         """One run's answers pre-aggregated per (segment, slice), sent as one record per slice partition (in
-        parts) rather than one per slice: the segments agent decodes a few large records, not thousands."""
+        parts) rather than one per slice: the segments agent decodes a few large records, not thousands. Each
+        entry is ``[segment, start, counts, refs, breakdown]``, plus the number of its answers segmented without
+        customer attributes when ``partial`` (Redis unreachable): the count travels with the counts it is part of."""
         by_partition: dict[int, list[list[Any]]] = {}
-        for (segment_id, start), aggregate in aggregate_by_slice(items, self.settings.windows.slice_ms).items():
+        aggregates = aggregate_by_slice(items, self.settings.windows.slice_ms, without_attributes=partial)
+        for (segment_id, start), aggregate in aggregates.items():
             counts = aggregate.counts.to_list()
             entry = [segment_id, start, counts, aggregate.refs, aggregate.breakdown]
+            if aggregate.without_attributes:
+                entry.append(aggregate.without_attributes)
             owner = self.partition_of(segment_id)
             if self._is_parent(segment_id):
                 # Every slice partition keeps a replica of a parent segment: its children there need its baseline
                 # and open alert. A replica emits nothing, so it gets the counts only: answers kept for triggers
-                # and revenue, and the driver breakdown of alert evidence, go to the owner alone.
+                # and revenue, the driver breakdown of alert evidence and the enrichment mark go to the owner.
                 replica = [segment_id, start, counts, [], {}]
                 for partition in range(self.partitions):
                     by_partition.setdefault(partition, []).append(entry if partition == owner else replica)
@@ -518,9 +523,11 @@ class Pipeline:
                 if "m" in data:
                     self._trackers[partition].update(int(data["m"]), data["t"], bool(data["idle"]))
                     continue
+                # a sixth element counts the answers without customer attributes (absent: none, or an older worker)
                 entries = [(str(segment_id), int(start), NpsCounts.from_list(counts), [tuple(ref) for ref in refs],
-                            {str(key): [int(n), int(d)] for key, (n, d) in breakdown.items()})
-                           for segment_id, start, counts, refs, breakdown in data["v"]]
+                            {str(key): [int(n), int(d)] for key, (n, d) in breakdown.items()},
+                            int(without[0]) if without else 0)
+                           for segment_id, start, counts, refs, breakdown, *without in data["v"]]
                 source, run_end, part = (int(x) for x in data["run"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
                 await self.send_dead_letter(message, "", f"malformed segment slice: {type(error).__name__}")
@@ -530,7 +537,7 @@ class Pipeline:
                 continue  # revoked during an await above
             run = [run_end, part]
             fresh: dict[str, bool] = {}  # segment -> run not yet counted (a record holds several slices of one)
-            for segment_id, start, counts, refs, breakdown in entries:
+            for segment_id, start, counts, refs, breakdown, without in entries:
                 if (new := fresh.get(segment_id)) is None:
                     runs = applied.setdefault(segment_id, {})
                     new = fresh[segment_id] = run > runs.get(source, [-1, -1])
@@ -539,16 +546,16 @@ class Pipeline:
                 if not new:
                     continue  # a run forwarded again after a restart: the checkpointed state already counts it
                 try:
-                    stage.add_slice(segment_id, start, counts, refs, breakdown)  # type: ignore[arg-type]
+                    stage.add_slice(segment_id, start, counts, refs, breakdown, without)  # type: ignore[arg-type]
                 except LateAnswer:
                     if not stage.owns(segment_id):
                         continue  # a replica: the owner partition reports it
                     self.counters["late_answers"] += counts.total
                     metrics.LATE.inc(counts.total)
+                    late = [segment_id, start, counts.to_list(), refs, breakdown] + ([without] if without else [])
                     await self.send_dead_letter(message, "answered_at", (
                         f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they "
-                        "arrived (beyond the grace period)"), value=orjson.dumps(
-                            [segment_id, start, counts.to_list(), refs, breakdown]))
+                        "arrived (beyond the grace period)"), value=orjson.dumps(late))
                     continue
                 changed.add(segment_id)
         out = Outputs()

@@ -90,15 +90,23 @@ def test_redis_outage_mid_stream(tmp_path: Path, kafka_bootstrap: str) -> None:
         wanted = {t["id"] for t in replay_triggers if t.get("event_id") in tail and t["campaign_id"] == "referral-ask"}
         got_ids = [t["id"] for t in triggers]
         undelivered = [int(n) for n in re.findall(r"'undelivered': (\d+)", run.log())]
+        # partial enrichment is marked: the `all` windows say how many of their answers had no customer attributes
+        last = {(w["window"], w["window_start"]): w for w in read_all(run.config, run.names.windows)
+                if w["segment_id"] == "all"}
+        marked = [w for (window, _), w in last.items() if window == "5m" and w.get("answers_without_attributes")]
         report("redis_outage", figures, down_seconds=down, triggers=len(got_ids),
                replay_triggers=len(replay_triggers), undelivered=max(undelivered, default=0),
-               tail_triggers_missing=len(wanted - set(got_ids)))
+               tail_triggers_missing=len(wanted - set(got_ids)), marked_windows=len(marked),
+               answers_without_attributes=sum(w["answers_without_attributes"] for w in marked))
         assert figures.exact(), describe(run, figures)
         assert max(undelivered, default=0) > 0, "no trigger was held back while Redis was down"
         assert len(got_ids) == len(set(got_ids)), "a trigger published twice"
         assert set(got_ids) <= {t["id"] for t in replay_triggers}, "triggers the replay never decided"
         assert wanted and wanted <= set(got_ids), "answers after Redis came back got no trigger"
         assert "Redis reachable again" in run.log()
+        assert marked, "no `all` window says that some of its answers were segmented without customer attributes"
+        assert all(w["answers_without_attributes"] <= w["responses"] for w in last.values()
+                   if "answers_without_attributes" in w)
     finally:
         run.stop_all()
         private.stop()

@@ -1,6 +1,6 @@
 """Redis enrichment in the worker, and a Redis outage mid-run: processing goes on with partial enrichment,
-triggers are held back (the delivery store fails closed), and both resume when Redis is back. Uses a private
-redis-server so the shared one stays up."""
+which the window results say (``answers_without_attributes``), triggers are held back (the delivery store
+fails closed), and both resume when Redis is back. Uses a private redis-server so the shared one stays up."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from processors.config import RedisSettings
+from processors.timeparse import HOUR_MS, parse_rfc3339_ms
 from streams.client import produce_files
 from streams.customers import load_customers
 from streams.settings import load_config
@@ -96,16 +97,18 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
     deployment.config = load_config(deployment.config_path, environ=deployment.env)
 
     stream = tmp_path / "stream.jsonl"
-    simulate_to_file(SimulationSettings(customers=600, duration_ms=3 * 3_600_000, answers_per_minute=6, seed=9,
-                                        history_days=0), stream)
+    settings = SimulationSettings(customers=600, duration_ms=3 * HOUR_MS, answers_per_minute=18, seed=9, history_days=0)
+    simulate_to_file(settings, stream)
     surveys = [orjson.loads(line) for line in stream.read_bytes().splitlines() if b'"type":"survey"' in line]
     customers = tmp_path / "customers.csv"
     customers.write_text("customer_id,plan\n" + "".join(f"c{i:07d},{_plan(f'c{i:07d}')}\n" for i in range(600)))
-    # Three phases on disjoint customers, so the worker's attribute cache cannot hide the outage.
+    # Three phases, one simulated hour each (so each phase's windows are its own), on disjoint customers (so the
+    # worker's attribute cache cannot hide the outage).
     phases = {}
     for phase in range(3):
         path = tmp_path / f"phase{phase}.jsonl"
-        rows = [s for s in surveys if int(s["customer_id"][1:]) % 3 == phase]
+        hour = settings.start_ms + phase * HOUR_MS
+        rows = [s for s in surveys if int(s["customer_id"][1:]) % 3 == phase and hour <= _at(s) < hour + HOUR_MS]
         path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
         phases[phase] = (path, rows)
 
@@ -151,10 +154,40 @@ def test_redis_outage_degrades_to_partial_enrichment_and_recovers(deployment, re
     assert {t["event_id"] for t in got if t["campaign_id"] == "pro-thanks"} == promoters(phases[2][1], "pro")
     assert not any(t.get("enrichment") == "partial" for t in got)
 
+    # Every window of `all` counts exactly the answers of the outage phase among its answers as segmented without
+    # customer attributes; the windows of phases 0 and 2 carry no such count. (The last windows of phase 2 stay
+    # open: nothing moves the watermark past them.)
+    outage = [_at(r) for r in phases[1][1]]
+    outage_start, outage_end = settings.start_ms + HOUR_MS, settings.start_ms + 2 * HOUR_MS
+
+    def of_all(records: list[dict], window: str = "5m") -> list[dict]:
+        return [w for w in records if w["segment_id"] == "all" and w["window"] == window]
+
+    def outage_covered(records: list[dict]) -> bool:
+        return sum(w["responses"] for w in of_all(records) if outage_start <= w["window_start"] < outage_end) == len(outage)
+
+    windows = reader(deployment.names.windows).read_until(outage_covered, timeout=60, alive=worker)
+    assert outage_covered(windows)
+    checked = {"5m": 0, "1h/5m": 0}
+    for window in of_all(windows, "5m") + of_all(windows, "1h/5m"):
+        expected = sum(1 for at in outage if window["window_start"] <= at < window["window_end"])
+        assert window.get("answers_without_attributes", 0) == expected, window
+        assert "answers_without_attributes" not in window or expected > 0
+        checked[window["window"]] += 1
+    assert checked["5m"] >= 24 and checked["1h/5m"] >= 24  # phases 0 and 1 in full, and phase 2 in part
+    marked = [w for w in of_all(windows) if outage_start <= w["window_start"] < outage_end]
+    assert len(marked) == 12 and all(w["answers_without_attributes"] == w["responses"] for w in marked)
+    assert sum(w["answers_without_attributes"] for w in marked) == len(outage)
+
     log = deployment.log()
     # The outage is logged once per client (enrichment, delivery), not per event.
     assert log.count("Redis unreachable") == 2, log
     assert log.count("Redis reachable again") == 2
+
+
+def _at(survey: dict) -> int:
+    """A simulated survey's answer time (epoch ms)."""
+    return parse_rfc3339_ms(survey["answered_at"])
 
 
 def _undelivered(log: str) -> int:
