@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
-from worker_throughput import free_port
+from worker_throughput import free_port, pipeline_done
 
 from processors.config import Config
 from streams.app import app_id
@@ -191,7 +191,9 @@ def plan(broker: Broker, config: Config, env: dict[str, str], work: Path, survey
         "npspulse embedded": ([*npspulse, "replay", str(surveys), "--config", str(CONFIG), "--out-dir",
                                str(work / f"replay{run}"), "--no-progress"], env, work, None),
         "npspulse worker": ([*npspulse, "worker", "--config", str(CONFIG), "-l", "warning", "--web-port",
-                             str(free_port())], env, work, lambda: broker.drained(app_id(config.kafka), topic, total)),
+                             str(free_port())], env, work,
+                            pipeline_done(config, TopicNames.from_settings(config.kafka), config.kafka.partitions,
+                                          lambda: broker.drained(app_id(config.kafka), topic, total))),
         "faust textbook": ([python, str(PEERS / "faust_textbook.py"), "worker", "-l", "warn"],
                            {**peer, "BENCH_APP": faust_app}, work, lambda: broker.drained(faust_app, topic, total)),
         "quix streams": ([str(QUIX_PYTHON), str(PEERS / "quix_job.py")],

@@ -2,7 +2,9 @@
 
 Needs the local broker and Redis (`make services-start`, then `eval "$(deploy/local/services.sh env)"`).
 Produces a JSONL file to fresh topics, starts one worker, and times how long the worker's consumer group
-takes to commit every offset of the surveys and purchases topics. Repeat with --runs for a median.
+takes to commit every offset of the surveys and purchases topics, then every segment-slices record forwarded
+from them (so the per-segment windows and detection are timed, not only the first hop). Repeat with --runs
+for a median.
 
     python bench/worker_throughput.py FILE [--runs 3] [--partitions 6]
 """
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -51,6 +54,30 @@ def lag(config, names: TopicNames, partitions: int) -> int:
         consumer.close()
 
 
+def pipeline_done(config, names: TopicNames, partitions: int, sources_done: Callable[[], bool]) -> Callable[[], bool]:
+    """A check that the worker is done with its input: ``sources_done()`` (its group committed the input
+    topics), then the group committed every segment-slices record that existed at that moment, so the
+    segments agent's work (windows, detection, outputs) is timed too. Not that topic's end: the worker keeps
+    adding watermark markers to it."""
+    ends: list[TopicPartition] = []
+
+    def done() -> bool:
+        consumer = Consumer({**kafka_client_config(config.kafka), "group.id": app_id(config.kafka),
+                             "enable.auto.commit": False})
+        try:
+            if not ends:
+                if not sources_done():
+                    return False
+                ends.extend(TopicPartition(names.segment_slices, p, consumer.get_watermark_offsets(
+                    TopicPartition(names.segment_slices, p), timeout=10)[1]) for p in range(partitions))
+            committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in ends], timeout=10)
+            return all(got.offset >= end.offset for got, end in zip(committed, ends, strict=True))
+        finally:
+            consumer.close()
+
+    return done
+
+
 def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path, dict[str, str], Config, TopicNames]:
     """A config file in ``workdir`` and an environment whose topic prefix (hence topics and group) is new."""
     prefix = f"{label}{uuid.uuid4().hex[:8]}."
@@ -70,7 +97,8 @@ def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path),
                                "-l", "info", "--web-port", str(free_port())], cwd=workdir, env=env, stdout=log, stderr=log)
     try:
-        while lag(config, names, partitions) > 0:
+        done = pipeline_done(config, names, partitions, lambda: lag(config, names, partitions) == 0)
+        while not done():
             if worker.poll() is not None:
                 log.flush()
                 lines = Path(log.name).read_text(errors="replace").splitlines()

@@ -105,6 +105,7 @@ class Pipeline:
         retargeter = Retargeter(self.settings.campaigns)
         self._hierarchy = Hierarchy(self.settings.segmentation)
         self._replica_keys: dict[tuple[bytes, int], bytes] = {}
+        self._known_changelogs: set[str] = set()  # changelog topics the producer's metadata lists
         self._owners: dict[str, int] = {}  # segment -> its slice partition (murmur2 of its id)
         self._parents: dict[str, bool] = {}  # segment -> some configured segment shrinks toward it
         # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
@@ -344,8 +345,19 @@ class Pipeline:
             runs.append(run)
         return runs
 
+    async def _changelog_known(self, table: faust.Table) -> None:
+        """Wait until the producer's metadata lists ``table``'s changelog topic. Faust partitions a record of a
+        ``use_partitioner`` table eagerly, from that cached metadata; a fresh deployment's changelog topics,
+        created at start-up, may be missing from it, and aiokafka then raises TypeError on every write (the
+        agent crashed at each restart until the next metadata refresh, minutes later)."""
+        topic = table.changelog_topic.get_topic_name()
+        if topic not in self._known_changelogs:
+            await self.app.producer._ensure_producer().partitions_for(topic)  # refreshes metadata until listed
+            self._known_changelogs.add(topic)
+
     async def _record_runs(self, runs: list[list[PendingAnswer]]) -> None:
         """Store, before forwarding, where each run ends (every end after the partition's committed offset)."""
+        await self._changelog_known(self.survey_runs)
         for run in runs:
             partition = run[0].partition
             tp = TP(self.names.surveys, partition)
@@ -578,6 +590,7 @@ class Pipeline:
         before this point redelivers those records (and maybe forwards their answers again): the stored runs
         let each through once."""
         self._checkpointed = time.monotonic()
+        await self._changelog_known(self.segments)
         dirty, self._dirty = self._dirty, {}
         held, self._held = self._held, []
         of_partition = {event.message.partition: event for event in held}
