@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -115,6 +116,18 @@ def main() -> None:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
         summarize(samples, crashed)
+        for kind, count in error_kinds(log_path.read_text(errors="replace")).most_common():
+            print(f"  {count:5d} x {kind}")
+
+
+def error_kinds(log: str) -> Counter[str]:
+    """The worker log's [ERROR] lines by kind: the message without its timestamp, pid and numbers."""
+    kinds: Counter[str] = Counter()
+    for line in log.splitlines():
+        if "[ERROR]" in line:
+            message = line.split("[ERROR]", 1)[1]
+            kinds[re.sub(r"\d+(\.\d+)?", "N", message).strip()[:120]] += 1
+    return kinds
 
 
 def summarize(samples: list[tuple[float, float, int, int]], crashed: bool) -> None:
