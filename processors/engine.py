@@ -52,7 +52,7 @@ class SegmentAnswer(NamedTuple):
     at: int
     score: int
     ref: AnswerRef | None
-    drivers: tuple[str, ...] = ()  # "dimension=value" of the answer, shared by all its segment answers
+    drivers: tuple[str, ...] = ()  # "dimension=value" of the answer but those the segment fixes (shared tuples)
 
 
 class CustomerStage:
@@ -91,7 +91,8 @@ class CustomerStage:
         # Kept for in-spike campaigns, and every detractor for the revenue at risk of an alert.
         keep = answer.score in self.retargeter.alert_scores or classify(answer.score) is Loyalty.DETRACTOR
         ref = (answer.event_id, answer.customer_id, answer.score, tier, value) if keep else None
-        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, drivers) for segment in memberships]
+        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, segment_drivers)
+                for segment, segment_drivers in zip(memberships, drivers, strict=True)]
 
 
 @dataclass(slots=True)

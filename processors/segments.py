@@ -84,8 +84,8 @@ class Segmenter:
         self._crosses = settings.segments
         self._bands = dict(settings.bands)
         self.dimensions: tuple[str, ...] = tuple(dict.fromkeys(name for cross in self._crosses for name in cross))
-        # (dimension values, event dimensions, tier) -> (memberships, driver values): few distinct combinations
-        self._placements: dict[tuple[Any, ...], tuple[list[str], tuple[str, ...]]] = {}
+        # (dimension values, event dimensions, tier) -> (memberships, drivers of each): few distinct combinations
+        self._placements: dict[tuple[Any, ...], tuple[list[str], list[tuple[str, ...]]]] = {}
 
     def dimension_values(self, answer: SurveyResponse, tier: str | None) -> dict[str, str]:
         """The value of every used dimension for this answer (missing ones left out)."""
@@ -111,17 +111,24 @@ class Segmenter:
         """Every segment id this answer belongs to, in config order."""
         return self.memberships_of(self.dimension_values(answer, tier))
 
-    def placement(self, answer: SurveyResponse, tier: str | None) -> tuple[list[str], tuple[str, ...]]:
-        """The answer's memberships and driver values (both shared: do not mutate), computed once per distinct
-        combination of values; the cache is cleared when it reaches PLACEMENT_CACHE_SIZE entries."""
+    def placement(self, answer: SurveyResponse, tier: str | None) -> tuple[list[str], list[tuple[str, ...]]]:
+        """The answer's memberships and, per membership, its driver values without the dimensions that segment
+        fixes (never a driver of it: every answer has the same value). Computed once per distinct combination of
+        values and shared, so do not mutate; the cache is cleared when it reaches PLACEMENT_CACHE_SIZE entries."""
         values = self.dimension_values(answer, tier)
         key = (tuple(values.items()), answer.region, answer.channel, answer.touchpoint, tier)
         placement = self._placements.get(key)
         if placement is None:
             if len(self._placements) >= PLACEMENT_CACHE_SIZE:
                 self._placements.clear()
-            placement = self._placements[key] = (self.memberships_of(values),
-                                                 self.driver_values(answer, tier, values))
+            drivers = self.driver_values(answer, tier, values)
+            memberships, per_segment = [], []
+            for cross in self._crosses:
+                if all(name in values for name in cross):
+                    memberships.append(segment_id([(name, values[name]) for name in cross]))
+                    per_segment.append(tuple(key for key in drivers if key.partition("=")[0] not in cross)
+                                       if cross else drivers)
+            placement = self._placements[key] = (memberships, per_segment)
         return placement
 
     def driver_values(self, answer: SurveyResponse, tier: str | None, values: Mapping[str, str]) -> tuple[str, ...]:

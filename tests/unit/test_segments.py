@@ -122,7 +122,7 @@ def test_segment_id_round_trips_any_values() -> None:
         assert text.count("=") == len(pairs)
 
 
-def test_placement_matches_uncached_results_and_bounds_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_placement_matches_uncached_results_without_fixed_drivers_and_bounds_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     import processors.segments as segments
 
     monkeypatch.setattr(segments, "PLACEMENT_CACHE_SIZE", 4)
@@ -134,6 +134,10 @@ def test_placement_matches_uncached_results_and_bounds_its_cache(monkeypatch: py
                      attributes={"plan": rng.choice(["pro", "basic"]), "age": str(rng.randint(18, 80))})
         tier = rng.choice(["gold", None])
         values = segmenter.dimension_values(one, tier)
-        assert segmenter.placement(one, tier) == (segmenter.memberships_of(values),
-                                                  segmenter.driver_values(one, tier, values))
+        drivers = segmenter.driver_values(one, tier, values)
+        memberships, per_segment = segmenter.placement(one, tier)
+        assert memberships == segmenter.memberships_of(values)
+        for segment, segment_drivers in zip(memberships, per_segment, strict=True):
+            fixed = {name for name, _ in parse_segment_id(segment)}
+            assert segment_drivers == tuple(k for k in drivers if k.partition("=")[0] not in fixed)
         assert len(segmenter._placements) <= 4
