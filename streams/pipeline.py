@@ -42,7 +42,6 @@ from processors.dedup import RecentEvents
 from processors.delivery import DeliveryPolicy
 from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice, refuse_duplicate
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
-from processors.nps import NpsCounts
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy
@@ -52,6 +51,7 @@ from processors.windows import LateAnswer
 from streams import metrics
 from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
+from streams.slice_records import DECODE_ERRORS, decode_slices, encode_slices
 from streams.topics import TopicNames
 
 log = logging.getLogger("npspulse.pipeline")
@@ -431,7 +431,7 @@ class Pipeline:
         sent = []
         for partition, entries in sorted(by_partition.items()):
             for part, first in enumerate(range(0, len(entries), SLICES_PER_RECORD)):
-                value = orjson.dumps({"run": [source, last_offset, part], "v": entries[first:first + SLICES_PER_RECORD]})
+                value = encode_slices([source, last_offset, part], entries[first:first + SLICES_PER_RECORD])
                 sent.append(await self.slices.send(key=None, value=value, partition=partition))
         return sent
 
@@ -535,13 +535,8 @@ class Pipeline:
                 if "m" in data:
                     self._trackers[partition].update(int(data["m"]), data["t"], bool(data["idle"]))
                     continue
-                # a sixth element counts the answers without customer attributes (absent: none, or an older worker)
-                entries = [(str(segment_id), int(start), NpsCounts.from_list(counts), [tuple(ref) for ref in refs],
-                            {str(key): [int(n), int(d)] for key, (n, d) in breakdown.items()},
-                            int(without[0]) if without else 0)
-                           for segment_id, start, counts, refs, breakdown, *without in data["v"]]
-                source, run_end, part = (int(x) for x in data["run"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+                (source, run_end, part), entries = decode_slices(data)
+            except DECODE_ERRORS as error:
                 await self.send_dead_letter(message, "", f"malformed segment slice: {type(error).__name__}")
                 continue
             applied = self._applied.get(partition)
