@@ -589,16 +589,24 @@ class Pipeline:
         dirty, self._dirty = self._dirty, {}
         held, self._held = self._held, []
         of_partition = {event.message.partition: event for event in held}
-        for partition, changed in dirty.items():
-            stage, applied = self._stages.get(partition), self._applied.get(partition)
-            if stage is None or applied is None or partition not in of_partition:
-                continue  # revoked: its next owner replays from the commit
-            with as_current_event(of_partition[partition]):
-                for segment_id in changed:
-                    runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
-                    self.segments[self._table_key(segment_id, partition)] = {
-                        "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}
-        await self.app.producer.flush()
+        try:
+            for partition, changed in dirty.items():
+                stage, applied = self._stages.get(partition), self._applied.get(partition)
+                if stage is None or applied is None or partition not in of_partition:
+                    continue  # revoked: its next owner replays from the commit
+                with as_current_event(of_partition[partition]):
+                    for segment_id in changed:
+                        runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
+                        self.segments[self._table_key(segment_id, partition)] = {
+                            "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}
+            await self.app.producer.flush()
+        except BaseException:
+            # Not checkpointed: keep holding (an agent restarted by Faust checkpoints them next time), or the
+            # records would never be acknowledged and the partition's commits would stop here.
+            for partition, changed in dirty.items():
+                self._dirty.setdefault(partition, set()).update(changed)
+            self._held[:0] = held
+            raise
         for event in held:
             event.ack()
 

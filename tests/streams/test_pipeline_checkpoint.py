@@ -1,0 +1,64 @@
+"""The worker's checkpoint (``Pipeline.checkpoint``) without Kafka: slice records are acknowledged only once the
+segment states holding them are written and flushed; a failed write keeps holding them for the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from processors.engine import SegmentState
+from streams.pipeline import Pipeline
+
+
+class Record:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+        self.acked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+class Table(dict):
+    def __init__(self, fail: bool) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def __setitem__(self, key: bytes, value: dict) -> None:
+        if self.fail:
+            raise TypeError("changelog partition unknown")
+        super().__setitem__(key, value)
+
+
+def _pipeline(fail: bool) -> SimpleNamespace:
+    async def nothing(*args: object) -> None:
+        return None
+
+    stage = SimpleNamespace(segments={"all": SegmentState()})
+    pipeline = SimpleNamespace(_checkpointed=0.0, _dirty={0: {"all"}}, _held=[Record(0), Record(0)],
+                               _stages={0: stage}, _applied={0: {"all": {1: [41, 0]}}}, segments=Table(fail),
+                               app=SimpleNamespace(producer=SimpleNamespace(flush=nothing)),
+                               _changelog_known=nothing, _table_key=lambda segment, partition: segment.encode())
+    return pipeline
+
+
+def test_a_checkpoint_writes_each_changed_segment_then_acknowledges_its_records() -> None:
+    pipeline = _pipeline(fail=False)
+    held = list(pipeline._held)
+    asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
+    assert pipeline.segments[b"all"]["o"] == {"1": [41, 0]} and pipeline.segments[b"all"]["p"] == 0
+    assert all(record.acked for record in held) and pipeline._held == [] and pipeline._dirty == {}
+
+
+def test_a_failed_checkpoint_keeps_its_records_held_and_its_segments_dirty() -> None:
+    pipeline = _pipeline(fail=True)
+    held = list(pipeline._held)
+    with pytest.raises(TypeError):
+        asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
+    assert not any(record.acked for record in held)
+    assert pipeline._held == held and pipeline._dirty == {0: {"all"}}
+    pipeline.segments.fail = False
+    asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
+    assert all(record.acked for record in held) and b"all" in pipeline.segments
