@@ -166,9 +166,10 @@ class SpikeState:
     baseline: HourlyBaseline = field(default_factory=HourlyBaseline)
     cusums: list[BernoulliCusum] = field(default_factory=lambda: [BernoulliCusum(), BernoulliCusum()])
     evidence: list[Evidence] = field(default_factory=lambda: [Evidence(), Evidence()])
-    recent: list[list[int]] = field(default_factory=list)  # [start, answers, detractors] of the last hour
+    recent: list[tuple[int, int, int]] = field(default_factory=list)  # (start, answers, detractors), last hour
     alert: OpenAlert | None = None
-    pending: list[list[int]] = field(default_factory=list)  # [start, answers, detractors, promoters] not yet learnt
+    # (start, answers, detractors, promoters) not yet learnt; rows are tuples: 16 bytes less than lists each
+    pending: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     def to_list(self) -> list[Any]:
         return [self.baseline.to_list(), [c.to_list() for c in self.cusums], [e.to_list() for e in self.evidence],
@@ -179,8 +180,9 @@ class SpikeState:
         baseline, cusums, evidence, recent, alert = data[:5]
         pending = data[5] if len(data) > 5 else []
         return cls(HourlyBaseline.from_list(baseline), [BernoulliCusum.from_list(c) for c in cusums],
-                   [Evidence.from_list(e) for e in evidence], [list(r) for r in recent],
-                   OpenAlert.from_list(alert) if alert else None, [list(p) for p in pending])
+                   [Evidence.from_list(e) for e in evidence], [(int(s), int(n), int(d)) for s, n, d in recent],
+                   OpenAlert.from_list(alert) if alert else None,
+                   [(int(s), int(n), int(d), int(p)) for s, n, d, p in pending])
 
     def learn_until(self, before: int, settings: BaselineSettings) -> None:
         """Move the pending slices that start before ``before`` into the baseline, oldest first."""
@@ -264,7 +266,7 @@ class SpikeDetector:
             stale += 1
         if stale:
             del recent[:stale]
-        recent.append([start, n, d])
+        recent.append((start, n, d))
         q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
         warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
         designs = None if warming_up else self.designs(state, q0)
@@ -289,7 +291,7 @@ class SpikeDetector:
                 if fired:
                     events.append(self._open(segment_id, parent_id, state, fired[-1], end, designs, chain))
         if state.alert is None:
-            state.pending.append([start, n, d, counts.promoters])
+            state.pending.append((start, n, d, counts.promoters))
         return events
 
     def _open(self, segment_id: str, parent_id: str | None, state: SpikeState, design: int, end: int,

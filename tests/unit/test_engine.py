@@ -235,6 +235,12 @@ def test_each_window_is_emitted_once(baseline: tuple[Engine, Outputs]) -> None:
     assert hourly == 12 * (len(build_stream().answers) - LATE_COUNT)
 
 
+def test_closed_slices_are_sealed_once_the_detector_has_them(baseline: tuple[Engine, Outputs]) -> None:
+    engine, _ = baseline
+    closed = [piece for state in engine.segments.segments.values() for piece in state.windows.closed]
+    assert closed and all(piece.breakdown is None and isinstance(piece.answers, tuple) for piece in closed)
+
+
 def test_same_stream_twice_gives_identical_outputs(settings: EngineSettings,
                                                    baseline: tuple[Engine, Outputs]) -> None:
     _, again = run(settings, build_stream().ordered())

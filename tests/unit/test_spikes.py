@@ -165,6 +165,7 @@ def test_state_round_trips_mid_alert() -> None:
     feed(detector, [state], T0, 40, 10, 0.6, random.Random(8))
     assert state.alert is not None
     copy = SpikeState.from_list(orjson.loads(orjson.dumps(state.to_list())))
+    assert copy.recent == state.recent and copy.pending == state.pending  # rows are tuples, loaded as tuples
     later = [feed(detector, [s], T0 + 40 * MIN, 150, 10, 0.2, random.Random(9)) for s in (state, copy)]
     assert [e.to_dict() for e in later[0]] == [e.to_dict() for e in later[1]]
     assert later[0] and later[0][-1].kind == "resolved"

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from processors.nps import NpsCounts
-from processors.windows import AnswerRef, LateAnswer, SegmentWindows, WindowResult, WindowSettings, WindowSpec
+from processors.windows import AnswerRef, LateAnswer, SegmentWindows, Slice, WindowResult, WindowSettings, WindowSpec
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -256,3 +256,19 @@ def test_state_from_before_answer_values_loads_with_value_zero() -> None:
     data = {"open": [], "closed": [[T0, [[1, 0, 0], [["e-1", "c-1", 3, "gold"]], {}]]], "closed_upto": T0 + MIN,
             "late": 0}
     assert SegmentWindows.from_dict(data).answers_between(T0, T0 + MIN) == [("e-1", "c-1", 3, "gold", 0)]
+
+
+def test_a_sealed_slice_keeps_its_refs_as_a_tuple_and_drops_its_breakdown() -> None:
+    piece = Slice(NpsCounts(1, 0, 0), [("e-1", "c-1", 3, None, 0)], {"channel=app": [1, 1]})
+    piece.seal()
+    assert piece.answers == (("e-1", "c-1", 3, None, 0),) and piece.breakdown is None
+    assert piece.to_list() == [[1, 0, 0], [["e-1", "c-1", 3, None, 0]], {}]  # stored as before sealing
+
+
+def test_closed_slices_load_sealed_and_store_as_they_were() -> None:
+    data = {"open": [[T0 + MIN, [[0, 1, 0], [], {"channel=app": [1, 0]}]]],
+            "closed": [[T0, [[1, 0, 0], [["e-1", "c-1", 3, "gold", 5]], {}]]], "closed_upto": T0 + MIN, "late": 0}
+    windows = SegmentWindows.from_dict(data)
+    assert windows.closed[0].answers == (("e-1", "c-1", 3, "gold", 5),) and windows.closed[0].breakdown is None
+    assert windows.open[T0 + MIN].breakdown == {"channel=app": [1, 0]}
+    assert orjson.loads(orjson.dumps(windows.to_dict())) == data
