@@ -320,7 +320,8 @@ def test_dispersion_theta_is_one_without_dispersion_and_falls_with_traffic_and_r
     assert window_log_mgf(thetas[2], 0.25, 0.35, 50.0, 1 / 201) == pytest.approx(0.0, abs=1e-9)
     assert dispersion_theta(0.25, 0.35, 50.0, 0.02) < thetas[2]
     assert dispersion_factors(0.25, 0.35, 50.0, 0.0) is None
-    theta, log_theta = dispersion_factors(0.25, 0.35, 50.0, 1 / 201)  # r and rho rounded up: a lower theta
-    assert theta < thetas[2] and log_theta == math.log(theta)
+    theta, offset = dispersion_factors(0.25, 0.35, 50.0, 1 / 201)  # r and rho rounded up: a lower theta
+    assert theta < thetas[2] and offset < math.log(theta) < 0.0  # the chains correct Siegmund's ln theta down
     assert inflate_threshold(10.0, 1.0, 0.0) == 10.0
-    assert inflate_threshold(10.0, 0.8, math.log(0.8)) == pytest.approx((10.0 + math.log(0.8)) / 0.8)
+    assert inflate_threshold(10.0, 0.8, -0.5) == pytest.approx((10.0 - 0.5) / 0.8)
+    assert inflate_threshold(0.1, 0.8, -0.5) == 0.1  # never below the independent-answer threshold
