@@ -423,7 +423,7 @@ def run_task(config: EvalConfig, r: float, fleet: int, kind: str) -> dict[str, A
     """One null scenario of a traffic rate and fleet size; for the independent null also the spike scenarios,
     whose window rules it calibrates."""
     single_threaded_blas()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     tables = _tables(DetectorSettings().shifts)
     cells = sum(t.computed for t in tables)
     null = run_null(config, kind, r, fleet, tables, _seed(config, 1, NULL_KINDS.index(kind), r, fleet))
@@ -433,8 +433,8 @@ def run_task(config: EvalConfig, r: float, fleet: int, kind: str) -> dict[str, A
         spikes = [run_spike(config, r, fleet, shift, thresholds, tables, _seed(config, 2, shift, r, fleet))
                   for shift in config.shifts]
     return {"rate": r, "fleet": fleet, "kind": kind, "null": null, "spikes": spikes,
-            "seconds": time.perf_counter() - started, "threshold_cells": sum(t.computed for t in tables) - cells,
-            "pid": os.getpid()}
+            "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+            "threshold_cells": sum(t.computed for t in tables) - cells, "pid": os.getpid()}
 
 
 def run_group(config: EvalConfig, r: float, fleet: int) -> dict[str, Any]:
@@ -455,12 +455,16 @@ def _merge(config: EvalConfig, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rate": first["rate"], "fleet": first["fleet"],
             "nulls": {kind: by_kind[kind]["null"] for kind in config.null_kinds},
             "spikes": by_kind["independent"]["spikes"], "seconds": sum(t["seconds"] for t in tasks),
+            "cpu_seconds": sum(t["cpu_seconds"] for t in tasks),
             "threshold_cells": sum(t["threshold_cells"] for t in tasks), "pid": first["pid"]}
 
 
-def run_batching_all(config: EvalConfig) -> list[dict[str, Any]]:
+def run_batching_all(config: EvalConfig) -> tuple[list[dict[str, Any]], float]:
+    """The batching runs and the CPU seconds they took."""
     single_threaded_blas()
-    return [run_batching(config, r, shift, _seed(config, 3, shift, r)) for r in config.rates for shift in config.shifts]
+    cpu = time.process_time()
+    runs = [run_batching(config, r, shift, _seed(config, 3, shift, r)) for r in config.rates for shift in config.shifts]
+    return runs, time.process_time() - cpu
 
 
 def evaluate(config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -479,7 +483,7 @@ def evaluate(config: EvalConfig, progress: Callable[[str], None] | None = None) 
         for r, fleet, kind in tasks:
             done.append(run_task(config, r, fleet, kind))
             say(f"r={r:g} N={fleet} {kind}: {done[-1]['seconds']:.1f} s")
-        batching = run_batching_all(config)
+        batching, batching_cpu = run_batching_all(config)
     else:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # for the workers: set before they import numpy
         import multiprocessing
@@ -490,11 +494,12 @@ def evaluate(config: EvalConfig, progress: Callable[[str], None] | None = None) 
             for future in futures:
                 done.append(future.result())
                 say(f"r={done[-1]['rate']:g} N={done[-1]['fleet']} {done[-1]['kind']}: {done[-1]['seconds']:.1f} s")
-            batching = batch_future.result()
+            batching, batching_cpu = batch_future.result()
     results = [_merge(config, [t for t in done if (t["rate"], t["fleet"]) == (r, fleet)])
                for r in sorted(config.rates) for fleet in sorted(config.fleets)]
     return {"config": _config_dict(config), "groups": results, "batching": batching,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": sum(t["cpu_seconds"] for t in done) + batching_cpu}
 
 
 def _task_cost(config: EvalConfig, r: float, fleet: int, kind: str) -> float:
