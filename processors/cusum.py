@@ -384,7 +384,26 @@ def _mixed_log_mgf(big_a: float, big_b: float, q0: float, r: float, rho: float) 
         return r * (q0 * big_a + (1.0 - q0) * big_b - 1.0)
     kappa = 1.0 / rho - 1.0
     t = r * (big_a - big_b)
-    return r * (big_b - 1.0) + t + math.log(float(hyp1f1((1.0 - q0) * kappa, kappa, -t)))
+    value = float(hyp1f1((1.0 - q0) * kappa, kappa, -t))
+    if not 0.0 < value < math.inf:  # under- or overflow for large t and kappa (r in the thousands)
+        return r * (big_b - 1.0) + _log_beta_mgf(t, q0 * kappa, (1.0 - q0) * kappa)
+    return r * (big_b - 1.0) + t + math.log(value)
+
+
+def _log_beta_mgf(t: float, a: float, b: float) -> float:
+    """ln E[exp(t p)] for p ~ Beta(a, b), a, b > 1, in log space: the integrand's logarithm is concave, so a
+    grid of 4001 points over +-40 of its widths around its maximum holds the whole integral (trapezoid rule)."""
+    from scipy.special import betaln, logsumexp
+
+    # maximum of f(p) = (a - 1) ln p + (b - 1) ln(1 - p) + t p: t p^2 - c p - (a - 1) = 0, c = t - (a + b - 2)
+    c = t - (a + b - 2.0)
+    mode = 2.0 * (a - 1.0) / (math.sqrt(max(c * c + 4.0 * t * (a - 1.0), 0.0)) - c)
+    mode = min(max(mode, 1e-300), 1.0 - 1e-16)
+    width = 1.0 / math.sqrt((a - 1.0) / mode**2 + (b - 1.0) / (1.0 - mode) ** 2 + 1e-300)
+    grid = np.linspace(max(mode - 40.0 * width, 0.0), min(mode + 40.0 * width, 1.0), 4001)[1:-1]
+    log_f = (a - 1.0) * np.log(grid) + (b - 1.0) * np.log1p(-grid) + t * grid
+    step = grid[1] - grid[0]
+    return float(logsumexp(log_f) + math.log(step) - betaln(a, b))
 
 
 def _split_mgf(theta: float, step: float, m: float) -> float:
