@@ -375,12 +375,60 @@ def window_log_mgf(theta: float, q0: float, q1: float, r: float, rho: float) -> 
     taken as e^t 1F1(b; a + b; -t) (no overflow for large t).
     """
     up, down = llr_increments(q0, q1)
-    big_a, big_b = math.exp(theta * up), math.exp(theta * down)
+    return _mixed_log_mgf(math.exp(theta * up), math.exp(theta * down), q0, r, rho)
+
+
+def _mixed_log_mgf(big_a: float, big_b: float, q0: float, r: float, rho: float) -> float:
+    """ln E[exp(theta Y)] of a window given A = E[e^(theta step) | detractor], B the same for any other answer."""
     if rho <= 0.0:
         return r * (q0 * big_a + (1.0 - q0) * big_b - 1.0)
     kappa = 1.0 / rho - 1.0
     t = r * (big_a - big_b)
-    return r * (big_b - 1.0) + t + math.log(float(hyp1f1((1.0 - q0) * kappa, kappa, -t)))
+    value = float(hyp1f1((1.0 - q0) * kappa, kappa, -t))
+    if not 0.0 < value < math.inf:  # under- or overflow for large t and kappa (r in the thousands)
+        return r * (big_b - 1.0) + _log_beta_mgf(t, q0 * kappa, (1.0 - q0) * kappa)
+    return r * (big_b - 1.0) + t + math.log(value)
+
+
+def _log_beta_mgf(t: float, a: float, b: float) -> float:
+    """ln E[exp(t p)] for p ~ Beta(a, b), a, b > 1, in log space: the integrand's logarithm is concave, so a
+    grid of 4001 points over +-40 of its widths around its maximum holds the whole integral (trapezoid rule)."""
+    from scipy.special import betaln, logsumexp
+
+    # maximum of f(p) = (a - 1) ln p + (b - 1) ln(1 - p) + t p: t p^2 - c p - (a - 1) = 0, c = t - (a + b - 2)
+    c = t - (a + b - 2.0)
+    mode = 2.0 * (a - 1.0) / (math.sqrt(max(c * c + 4.0 * t * (a - 1.0), 0.0)) - c)
+    mode = min(max(mode, 1e-300), 1.0 - 1e-16)
+    width = 1.0 / math.sqrt((a - 1.0) / mode**2 + (b - 1.0) / (1.0 - mode) ** 2 + 1e-300)
+    grid = np.linspace(max(mode - 40.0 * width, 0.0), min(mode + 40.0 * width, 1.0), 4001)[1:-1]
+    log_f = (a - 1.0) * np.log(grid) + (b - 1.0) * np.log1p(-grid) + t * grid
+    step = grid[1] - grid[0]
+    return float(logsumexp(log_f) + math.log(step) - betaln(a, b))
+
+
+def _split_mgf(theta: float, step: float, m: float) -> float:
+    """E[exp(theta X)] of a step ``step`` (in units of S) split between its two neighbouring lattice points i/m
+    with probabilities that keep its mean (see :func:`windowed_arl`)."""
+    low = math.floor(abs(step) * m)
+    frac = abs(step) * m - low
+    sign = 1.0 if step >= 0.0 else -1.0
+    return (1.0 - frac) * math.exp(sign * theta * low / m) + frac * math.exp(sign * theta * (low + 1) / m)
+
+
+def _lundberg_root(q0: float, q1: float, r: float, rho: float, m: float | None = None) -> float:
+    """The positive root theta of ln E[exp(theta Y)] = 0 for one window's increment Y (:func:`window_log_mgf`);
+    with ``m``, for the steps split on the lattice of resolution m (:func:`windowed_arl`)."""
+    up, down = llr_increments(q0, q1)
+
+    def f(theta: float) -> float:
+        if m is None:
+            return _mixed_log_mgf(math.exp(theta * up), math.exp(theta * down), q0, r, rho)
+        return _mixed_log_mgf(_split_mgf(theta, up, m), _split_mgf(theta, down, m), q0, r, rho)
+
+    upper = 1.0
+    while f(upper) <= 0.0:  # the lattice's root can lie above 1
+        upper *= 2.0
+    return float(brentq(f, 1e-6, upper, xtol=1e-10, rtol=1e-12))
 
 
 def dispersion_theta(q0: float, q1: float, r: float, rho: float) -> float:
@@ -392,23 +440,157 @@ def dispersion_theta(q0: float, q1: float, r: float, rho: float) -> float:
     """
     if rho <= 0.0 or window_log_mgf(1.0, q0, q1, r, rho) <= 1e-12:
         return 1.0
-    return float(brentq(window_log_mgf, 1e-6, 1.0, args=(q0, q1, r, rho), xtol=1e-10, rtol=1e-12))
+    return _lundberg_root(q0, q1, r, rho)
+
+
+DISPERSION_H0 = 10.0  # threshold at which the chains are solved: the offset is within ~0.01 of its limit
+DISPERSION_MAX_STATES = 125  # lattice states of those chains (dense; 100 or 300 move the offset by < 0.01)
+DISPERSION_NODES = 6  # Gauss-Jacobi nodes for the Beta share (5 and 8 give the same offset to 1e-4)
+OFFSET_Q0_STEP = 0.02  # offset-ratio nodes: q0 0.02 apart, r and rho 1 per octave (interpolated between)
+OFFSET_PER_OCTAVE = 1
+OFFSET_MAX_Q0 = 0.95  # the baseline clamps q0 to 0.95
+OFFSET_MIN_R_KEY = 0  # r >= 1 answer per window and rho >= 2^-12 at the nodes: below, the ratio is taken as
+OFFSET_MIN_RHO_KEY = -12  # constant (the offset and ln theta both vanish linearly in rho)
+
+
+def beta_quadrature(nodes: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature (shares, weights summing to 1) for the Beta(a, b) distribution, a + b >= 2, by
+    Golub-Welsch on the Jacobi recurrence (scipy's roots_jacobi overflows its weights' scale 2^(a + b) for
+    a + b > ~1000)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    if not (a > 0.0 and b > 0.0 and a + b >= 2.0):
+        raise ValueError(f"Beta({a}, {b}) quadrature needs a, b > 0 and a + b >= 2")
+
+    al, be = b - 1.0, a - 1.0  # Jacobi weight (1 - x)^al (1 + x)^be on [-1, 1], p = (1 + x)/2
+    n = np.arange(nodes, dtype=float)
+    s = 2.0 * n + al + be
+    diag = (be * be - al * al) / (s * (s + 2.0))
+    k = n[1:]
+    sk = s[1:]
+    off = np.sqrt(4.0 * k * (k + al) * (k + be) * (k + al + be) / (sk * sk * (sk + 1.0) * (sk - 1.0)))
+    x, vectors = eigh_tridiagonal(diag, off)
+    weights = vectors[0] ** 2
+    return (1.0 + x) / 2.0, weights / weights.sum()
+
+
+def windowed_arl(h: float, q0: float, q1: float, r: float, rho: float, m: float, nodes: int | None = None) -> float:
+    """In-control ARL, in answers, of the per-answer CUSUM (threshold h, design q0 -> q1, from S = 0) when
+    answers come in windows of Poisson(r) answers, each window with its own share p ~ Beta(q0 kappa,
+    (1 - q0) kappa), rho = 1/(kappa + 1) (rho = 0: p = q0). S is checked after every answer.
+
+    A Markov chain on the lattice S = i/m (states 0..H-1, H = ceil(h m)) at window boundaries. Each step, up or
+    down, goes to one of the two lattice points next to it with the probabilities that keep its mean (a
+    coarse lattice cannot keep the ratio of the two steps, and ln ARL0 is very sensitive to it). Answers arrive
+    in a window as a Poisson process, so a window with share p moves the transient states by exp(r (Q_p - I)),
+    Q_p the per-answer transition matrix (mass that reaches H is gone), and r times the integral of
+    exp(s r (Q_p - I)) 1 over s in [0, 1] is the expected number of answers before an alarm or the window's
+    end (one exponential of the matrix augmented by a column r 1). p is averaged by Gauss-Jacobi quadrature.
+    The ARL is the first entry of (I - T)^-1 c, T and c those averages. Dense: H of a few hundred at most.
+    """
+    from scipy.linalg import expm
+
+    if rho > 0.0:
+        kappa = 1.0 / rho - 1.0
+        shares, weights = beta_quadrature(nodes or DISPERSION_NODES, q0 * kappa, (1.0 - q0) * kappa)
+    else:
+        shares, weights = np.array([q0]), np.array([1.0])
+    big_h = math.ceil(h * m - 1e-9)
+    up, down = llr_increments(q0, q1)
+    states = np.arange(big_h)
+    gen = np.zeros((shares.size, big_h + 1, big_h + 1))
+    gen[:, states, states] = -r
+    for step, prob in ((up * m, shares), (down * m, 1.0 - shares)):
+        low = math.floor(step)
+        frac = step - low
+        for move, share in ((low, 1.0 - frac), (low + 1, frac)):
+            if share <= 0.0:
+                continue
+            target = np.maximum(states + move, 0)
+            inside = target < big_h
+            np.add.at(gen, (slice(None), states[inside], target[inside]), r * share * prob[:, None])
+    gen[:, :big_h, big_h] = r
+    survive = np.tensordot(weights, expm(gen), axes=1)
+    x = np.linalg.solve(np.eye(big_h) - survive[:big_h, :big_h], survive[:big_h, big_h])
+    return float(x[0])
+
+
+def dispersion_offset(q0: float, q1: float, r: float, rho: float) -> tuple[float, float]:
+    """(theta, offset): the exact chains' correction of the threshold for overdispersed windows.
+
+    For large h, ln ARL0 = h + c_1 for independent answers and theta h + c_rho for overdispersed windows
+    (Cramer-Lundberg), so the overdispersed threshold with the independent one's ARL0 is (h + c_1 - c_rho)/theta:
+    offset = c_1 - c_rho. Both constants come from :func:`windowed_arl` (rho = 0 and rho) on one lattice (h = 10,
+    125 states): c = ln ARL(h) - theta' h with each chain's own exponent theta' for the split steps (within
+    ~1% of 1 and theta), so the lattice's effect on the slope cancels in the difference.
+    """
+    theta = dispersion_theta(q0, q1, r, rho)
+    if theta >= 1.0:
+        return 1.0, 0.0
+    m = DISPERSION_MAX_STATES / DISPERSION_H0
+    c_1 = math.log(windowed_arl(DISPERSION_H0, q0, q1, r, 0.0, m)) - _lundberg_root(q0, q1, r, 0.0, m) * DISPERSION_H0
+    c_rho = math.log(windowed_arl(DISPERSION_H0, q0, q1, r, rho, m)) - _lundberg_root(q0, q1, r, rho, m) * DISPERSION_H0
+    return theta, c_1 - c_rho
+
+
+@lru_cache(maxsize=65536)
+def _offset_ratio(q0_key: int, shift_milli: int, r_key: int, rho_key: int) -> float:
+    """offset / ln theta of :func:`dispersion_offset` at a node: q0 = q0_key * 0.02, q1 = q0 + shift (capped at
+    0.99), r = 2^r_key, rho = 2^rho_key (capped)."""
+    q0 = q0_key * OFFSET_Q0_STEP
+    q1 = min(q0 + shift_milli / 1000, 0.99)
+    r = 2.0 ** (r_key / OFFSET_PER_OCTAVE)
+    rho = min(2.0 ** (rho_key / OFFSET_PER_OCTAVE), MAX_DISPERSION)
+    theta, offset = dispersion_offset(q0, q1, r, rho)
+    return offset / math.log(theta) if theta < 1.0 else 1.0
+
+
+def _interpolated_ratio(q0: float, shift_milli: int, r: float, rho: float) -> float:
+    """:func:`_offset_ratio` interpolated (linearly in q0, log r and log rho) between its nodes."""
+    top = math.floor(OFFSET_MAX_Q0 / OFFSET_Q0_STEP + 1e-9)  # q0 nodes: 1..top steps
+    coords = (min(max(q0 / OFFSET_Q0_STEP, 1.0), float(top)),
+              max(OFFSET_PER_OCTAVE * math.log2(r), OFFSET_MIN_R_KEY),
+              max(OFFSET_PER_OCTAVE * math.log2(min(rho, MAX_DISPERSION)), OFFSET_MIN_RHO_KEY))
+    lows = [math.floor(c) for c in coords]
+    lows[0] = min(lows[0], top - 1)
+    fracs = [c - lo for c, lo in zip(coords, lows, strict=True)]
+    total = 0.0
+    for corner in range(8):
+        weight = 1.0
+        key = []
+        for i in range(3):
+            bit = corner >> i & 1
+            weight *= fracs[i] if bit else 1.0 - fracs[i]
+            key.append(lows[i] + bit)
+        if weight > 0.0:
+            total += weight * _offset_ratio(key[0], shift_milli, key[1], key[2])
+    return total
 
 
 @lru_cache(maxsize=65536)
 def dispersion_cell(q0_milli: int, q1_milli: int, r_key: int, rho_key: int) -> tuple[float, float]:
-    """(theta, ln theta) on the grid: shares in thousandths, r = 2^(r_key/8), rho = 2^(rho_key/8) (capped)."""
+    """(theta, offset) on the grid: shares in thousandths, r = 2^(r_key/8), rho = 2^(rho_key/8) (capped).
+
+    theta is exact for the cell; the offset is ln theta times the ratio offset / ln theta of
+    :func:`dispersion_offset`, interpolated between nodes 0.02 apart in q0 and an octave apart in r and rho
+    (smooth in all three: the interpolated offset is within ~0.02/theta in h of the chains' except where theta
+    < 0.1; a node costs two dense chain solves, a cell only the root of theta).
+    """
+    q0, q1 = q0_milli / 1000, q1_milli / 1000
     rho = min(2.0 ** (rho_key / DISPERSION_GRID_PER_OCTAVE), MAX_DISPERSION)
-    theta = dispersion_theta(q0_milli / 1000, q1_milli / 1000, 2.0 ** (r_key / DISPERSION_GRID_PER_OCTAVE), rho)
-    return theta, math.log(theta)
+    r = 2.0 ** (r_key / DISPERSION_GRID_PER_OCTAVE)
+    theta = dispersion_theta(q0, q1, r, rho)
+    if theta >= 1.0:
+        return 1.0, 0.0
+    return theta, math.log(theta) * _interpolated_ratio(q0, q1_milli - q0_milli, r, rho)
 
 
 def dispersion_factors(q0: float, q1: float, r: float, rho: float) -> tuple[float, float] | None:
-    """(theta, ln theta) for a segment of r answers per window and between-window share variance rho q0 (1 - q0);
-    None when rho = 0 (the threshold stays the independent-answer one).
+    """(theta, offset) of :func:`dispersion_cell` for a segment of r answers per window and between-window share
+    variance rho q0 (1 - q0); None when rho = 0 (the threshold stays the independent-answer one).
 
     Shares are rounded like :func:`cached_threshold`; r and rho are rounded UP to grids of 8 points per octave
-    (9% steps): theta falls with both, so the rounding errs towards a higher threshold.
+    (9% steps): the threshold rises with both, so the rounding errs towards a higher threshold.
     """
     if not rho > 0.0 or not r > 0.0:
         return None
@@ -416,12 +598,10 @@ def dispersion_factors(q0: float, q1: float, r: float, rho: float) -> tuple[floa
                            grid_up(r, DISPERSION_GRID_PER_OCTAVE), grid_up(rho, DISPERSION_GRID_PER_OCTAVE))
 
 
-def inflate_threshold(h: float, theta: float, log_theta: float) -> float:
-    """The threshold for overdispersed windows: max(h, (h + ln theta)/theta), h the independent-answer one.
+def inflate_threshold(h: float, theta: float, offset: float) -> float:
+    """The threshold for overdispersed windows: max(h, (h + offset)/theta), h the independent-answer one.
 
-    Siegmund's approximation ARL0 ~ e^(theta h') / (theta |mu|) (h' = h plus the mean overshoot, mu the drift per
-    answer, the same under both models) equals the independent-answer ARL0 ~ e^(h') / |mu| when
-    theta h_od - ln theta = h. Against Monte Carlo it errs on the safe side (a longer ARL0 than the target),
-    most at high traffic (tests/unit/test_cusum.py, docs/detection.md).
+    From ln ARL0 = theta h' + c_rho = h + c_1 (:func:`dispersion_cell`; offset = c_1 - c_rho). Checked against
+    Monte Carlo in tests/unit/test_dispersion.py.
     """
-    return max(h, (h + log_theta) / theta)
+    return max(h, (h + offset) / theta)

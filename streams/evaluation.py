@@ -419,60 +419,96 @@ def _seed(config: EvalConfig, *parts: float) -> list[int]:
     return [config.seed, *(round(p * 1000) for p in parts)]
 
 
-def run_group(config: EvalConfig, r: float, fleet: int) -> dict[str, Any]:
-    """The null scenarios of one traffic rate and fleet size, then its spike scenarios."""
+def run_task(config: EvalConfig, r: float, fleet: int, kind: str) -> dict[str, Any]:
+    """One null scenario of a traffic rate and fleet size; for the independent null also the spike scenarios,
+    whose window rules it calibrates."""
     single_threaded_blas()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     tables = _tables(DetectorSettings().shifts)
     cells = sum(t.computed for t in tables)
+    null = run_null(config, kind, r, fleet, tables, _seed(config, 1, NULL_KINDS.index(kind), r, fleet))
+    spikes: list[dict[str, Any]] = []
+    if kind == "independent":
+        thresholds = {rule: null["calibration"][rule]["threshold"] for rule in RULES}
+        spikes = [run_spike(config, r, fleet, shift, thresholds, tables, _seed(config, 2, shift, r, fleet))
+                  for shift in config.shifts]
+    return {"rate": r, "fleet": fleet, "kind": kind, "null": null, "spikes": spikes,
+            "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+            "threshold_cells": sum(t.computed for t in tables) - cells, "pid": os.getpid()}
+
+
+def run_group(config: EvalConfig, r: float, fleet: int) -> dict[str, Any]:
+    """The null scenarios of one traffic rate and fleet size, then its spike scenarios (one process)."""
+    return _merge(config, [run_task(config, r, fleet, kind) for kind in _kinds(config)])
+
+
+def _kinds(config: EvalConfig) -> list[str]:
     if "independent" not in config.null_kinds:
         raise ValueError("the window rules are calibrated on the independent null: it must be among the null kinds")
-    nulls = {kind: run_null(config, kind, r, fleet, tables, _seed(config, 1, NULL_KINDS.index(kind), r, fleet))
-             for kind in config.null_kinds}
-    thresholds = {rule: nulls["independent"]["calibration"][rule]["threshold"] for rule in RULES}
-    spikes = [run_spike(config, r, fleet, shift, thresholds, tables, _seed(config, 2, shift, r, fleet))
-              for shift in config.shifts]
-    return {"rate": r, "fleet": fleet, "nulls": nulls, "spikes": spikes, "seconds": time.perf_counter() - started,
-            "threshold_cells": sum(t.computed for t in tables) - cells,
-            "pid": os.getpid()}
+    return ["independent", *(kind for kind in config.null_kinds if kind != "independent")]
 
 
-def run_batching_all(config: EvalConfig) -> list[dict[str, Any]]:
+def _merge(config: EvalConfig, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A group's result from its tasks: nulls in ``config.null_kinds`` order, CPU seconds and cells summed."""
+    by_kind = {t["kind"]: t for t in tasks}
+    first = tasks[0]
+    return {"rate": first["rate"], "fleet": first["fleet"],
+            "nulls": {kind: by_kind[kind]["null"] for kind in config.null_kinds},
+            "spikes": by_kind["independent"]["spikes"], "seconds": sum(t["seconds"] for t in tasks),
+            "cpu_seconds": sum(t["cpu_seconds"] for t in tasks),
+            "threshold_cells": sum(t["threshold_cells"] for t in tasks), "pid": first["pid"]}
+
+
+def run_batching_all(config: EvalConfig) -> tuple[list[dict[str, Any]], float]:
+    """The batching runs and the CPU seconds they took."""
     single_threaded_blas()
-    return [run_batching(config, r, shift, _seed(config, 3, shift, r)) for r in config.rates for shift in config.shifts]
+    cpu = time.process_time()
+    runs = [run_batching(config, r, shift, _seed(config, 3, shift, r)) for r in config.rates for shift in config.shifts]
+    return runs, time.process_time() - cpu
 
 
 def evaluate(config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every scenario (``config.workers`` processes) and return the results as plain data."""
+    """Run every scenario (``config.workers`` processes) and return the results as plain data.
+
+    The work is split into one task per null scenario (the independent one with its group's spike scenarios)
+    plus the batching run, longest first, so that the workers finish close together.
+    """
     started = time.perf_counter()
     say = progress or (lambda _text: None)
-    groups = sorted(((r, fleet) for r in config.rates for fleet in config.fleets),
-                    key=lambda g: -_group_cost(config, *g))
-    results: list[dict[str, Any]] = []
+    kinds = _kinds(config)
+    tasks = sorted(((r, fleet, kind) for r in config.rates for fleet in config.fleets for kind in kinds),
+                   key=lambda t: -_task_cost(config, *t))
+    done: list[dict[str, Any]] = []
     if config.workers <= 1:
-        for r, fleet in groups:
-            results.append(run_group(config, r, fleet))
-            say(f"r={r:g} N={fleet}: {results[-1]['seconds']:.1f} s")
-        batching = run_batching_all(config)
+        for r, fleet, kind in tasks:
+            done.append(run_task(config, r, fleet, kind))
+            say(f"r={r:g} N={fleet} {kind}: {done[-1]['seconds']:.1f} s")
+        batching, batching_cpu = run_batching_all(config)
     else:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # for the workers: set before they import numpy
         import multiprocessing
 
         with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_group, config, r, fleet) for r, fleet in groups]
+            futures = [pool.submit(run_task, config, r, fleet, kind) for r, fleet, kind in tasks]
             batch_future = pool.submit(run_batching_all, config)
             for future in futures:
-                results.append(future.result())
-                say(f"r={results[-1]['rate']:g} N={results[-1]['fleet']}: {results[-1]['seconds']:.1f} s")
-            batching = batch_future.result()
-    results.sort(key=lambda g: (g["rate"], g["fleet"]))
+                done.append(future.result())
+                say(f"r={done[-1]['rate']:g} N={done[-1]['fleet']} {done[-1]['kind']}: {done[-1]['seconds']:.1f} s")
+            batching, batching_cpu = batch_future.result()
+    results = [_merge(config, [t for t in done if (t["rate"], t["fleet"]) == (r, fleet)])
+               for r in sorted(config.rates) for fleet in sorted(config.fleets)]
     return {"config": _config_dict(config), "groups": results, "batching": batching,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": sum(t["cpu_seconds"] for t in done) + batching_cpu}
 
 
-def _group_cost(config: EvalConfig, r: float, fleet: int) -> float:
+def _task_cost(config: EvalConfig, r: float, fleet: int, kind: str) -> float:
+    """Rough relative cost: segment-days of the null (plus its history), plus the spike runs."""
     segments, days = null_size(config, fleet)
-    return segments * days * (1.0 + r / 20.0) + 3000.0 * math.log(fleet * r)
+    cost = segments * (days + config.history_days / 6.0) * (1.0 + r / 20.0)
+    if kind == "independent":
+        cost += len(config.shifts) * config.spike_instances * (2.0 + config.history_days / 6.0) * (1.0 + r / 20.0)
+    return cost
 
 
 def _config_dict(config: EvalConfig) -> dict[str, Any]:

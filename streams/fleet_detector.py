@@ -262,9 +262,9 @@ class DispersionFactors:
                 value = memo[key] = dispersion_cell(key // 4096 // 4096 // 1001, key // 4096 // 4096 % 1001,
                                                     key // 4096 % 4096 - 2048, key % 4096 - 2048)
             factors[j] = value
-        theta, log_theta = factors[inverse, 0], factors[inverse, 1]
+        theta, offset = factors[inverse, 0], factors[inverse, 1]
         out = h.copy()
-        out[sel] = np.maximum(h[sel], (h[sel] + log_theta) / theta)
+        out[sel] = np.maximum(h[sel], (h[sel] + offset) / theta)
         return out
 
 

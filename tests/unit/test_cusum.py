@@ -320,7 +320,22 @@ def test_dispersion_theta_is_one_without_dispersion_and_falls_with_traffic_and_r
     assert window_log_mgf(thetas[2], 0.25, 0.35, 50.0, 1 / 201) == pytest.approx(0.0, abs=1e-9)
     assert dispersion_theta(0.25, 0.35, 50.0, 0.02) < thetas[2]
     assert dispersion_factors(0.25, 0.35, 50.0, 0.0) is None
-    theta, log_theta = dispersion_factors(0.25, 0.35, 50.0, 1 / 201)  # r and rho rounded up: a lower theta
-    assert theta < thetas[2] and log_theta == math.log(theta)
+    theta, offset = dispersion_factors(0.25, 0.35, 50.0, 1 / 201)  # r and rho rounded up: a lower theta
+    assert theta < thetas[2] and offset < math.log(theta) < 0.0  # the chains correct Siegmund's ln theta down
     assert inflate_threshold(10.0, 1.0, 0.0) == 10.0
-    assert inflate_threshold(10.0, 0.8, math.log(0.8)) == pytest.approx((10.0 + math.log(0.8)) / 0.8)
+    assert inflate_threshold(10.0, 0.8, -0.5) == pytest.approx((10.0 - 0.5) / 0.8)
+    assert inflate_threshold(0.1, 0.8, -0.5) == 0.1  # never below the independent-answer threshold
+
+
+def test_dispersion_theta_holds_for_thousands_of_answers_per_window() -> None:
+    # Kummer's function underflows for r in the thousands at small rho: the log-space fallback takes over.
+    thetas = [dispersion_theta(0.25, 0.35, r, 1e-3) for r in (1000.0, 2000.0, 5000.0, 20000.0)]
+    assert all(0.0 < t < 1.0 for t in thetas) and thetas == sorted(thetas, reverse=True)
+    assert window_log_mgf(thetas[2], 0.25, 0.35, 5000.0, 1e-3) == pytest.approx(0.0, abs=1e-7)
+    # where both work, the fallback equals Kummer's function: ln E[e^(t p)] = t + ln 1F1(b; a + b; -t)
+    from scipy.special import hyp1f1
+
+    from processors.cusum import _log_beta_mgf
+
+    for t, a, b in ((300.0, 50.0, 150.0), (-200.0, 1000.0, 3000.0), (5.0, 2.0, 6.0)):
+        assert _log_beta_mgf(t, a, b) == pytest.approx(t + math.log(hyp1f1(b, a + b, -t)), rel=1e-6)
