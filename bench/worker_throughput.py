@@ -6,7 +6,7 @@ takes to commit every offset of the surveys and purchases topics, then every seg
 from them (so the per-segment windows and detection are timed, not only the first hop). Repeat with --runs
 for a median.
 
-    python bench/worker_throughput.py FILE [--runs 3] [--partitions 6]
+    python bench/worker_throughput.py FILE [--runs 3] [--partitions 6] [--config bench/npspulse-bench.toml]
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path,
     return config_path, env, config, TopicNames.from_settings(config.kafka)
 
 
-def run_once(path: Path, partitions: int, workdir: Path) -> tuple[float, int]:
-    config_path, env, config, names = fresh_deployment(workdir, "bench", f"[kafka]\npartitions = {partitions}\n")
+def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") -> tuple[float, int]:
+    config_path, env, config, names = fresh_deployment(workdir, "bench",
+                                                       f"{base_config}\n[kafka]\npartitions = {partitions}\n")
     prefix = env["NPSPULSE_KAFKA_TOPIC_PREFIX"]
     report = produce_files([path], config, progress=False)
     log = (workdir / f"{prefix}log").open("wb")
@@ -119,11 +120,13 @@ def main() -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--config", type=Path, help="a TOML config without [kafka] (e.g. bench/npspulse-bench.toml)")
     args = parser.parse_args()
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
-            seconds, events = run_once(args.file, args.partitions, Path(tmp))
+            seconds, events = run_once(args.file, args.partitions, Path(tmp),
+                                       args.config.read_text() if args.config else "")
             rates.append(events / seconds)
             print(f"run {run + 1}: {events:,} events in {seconds:.1f} s (start-up included): {rates[-1]:,.0f} events/s")
     print(f"median over {len(rates)} runs: {statistics.median(rates):,.0f} events/s through one worker "
