@@ -400,7 +400,6 @@ class Pipeline:
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
-                await self._send_marker(partition, idle=False)
         # Delivered before acknowledged, so a stop or crash loses nothing. Waits for these records only,
         # not for the whole producer (the purchases agent's changelog may have a long queue).
         await asyncio.gather(*sent)
@@ -483,17 +482,12 @@ class Pipeline:
             quiet = now - self._last_record.get(tp.partition, self._started) >= SOURCE_IDLE_SECONDS
             held = bool(self._pending.get(tp.partition)) or tp.partition in self._in_flight
             idle = quiet and not held and await self._caught_up(tp, self._survey_offsets.get(tp.partition))
-            await self._send_marker(tp.partition, idle)
-
-    async def _send_marker(self, source: int, idle: bool) -> None:
-        """A survey partition's stream time (and whether it is idle) to every slice partition: after each run of
-        its answers is forwarded, so watermarks move with the data, and every second from the timer."""
-        if self._idle.get(source) != idle:
-            log.info("survey partition %d is %s", source, "idle" if idle else "active")
-            self._idle[source] = idle
-        value = orjson.dumps({"m": source, "t": self._stream_times.get(source), "idle": idle})
-        for partition in range(self.partitions):
-            await self.slices.send(key=b"", value=value, partition=partition)
+            if self._idle.get(tp.partition) != idle:
+                log.info("survey partition %d is %s", tp.partition, "idle" if idle else "active")
+                self._idle[tp.partition] = idle
+            value = orjson.dumps({"m": tp.partition, "t": self._stream_times.get(tp.partition), "idle": idle})
+            for partition in range(self.partitions):
+                await self.slices.send(key=b"", value=value, partition=partition)
 
     async def log_status(self) -> None:
         """Every few seconds at info level: per partition, the stream time, held answers and watermark."""
