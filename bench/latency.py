@@ -38,7 +38,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from run import Broker
-from worker_throughput import free_port, fresh_deployment
+from worker_throughput import free_port, fresh_deployment, keep_pace
 
 from processors.config import Config
 from processors.timeparse import parse_rfc3339_ms
@@ -143,10 +143,7 @@ def produce_at(config: Config, topic: str, answers: list[Answer], rate: int) -> 
         producer.produce(topic, value=answer.line, key=answer.key, partition=answer.partition)
         sent[index] = wall0 + time.monotonic()
         if index % per_tick == per_tick - 1:
-            producer.poll(0)
-            ahead = started + (index + 1) / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+            keep_pace(producer, started, index + 1, rate)
     producer.flush(60)
     return sent
 

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from worker_throughput import free_port, fresh_deployment, lag
+from worker_throughput import free_port, fresh_deployment, keep_pace, lag
 
 from streams.client import ensure_topics, make_producer
 from streams.simulate import SimulationSettings, simulate_to_file
@@ -65,10 +65,7 @@ def produce_paced(config, names: TopicNames, lines: list[bytes], rate: int, stop
         topic = names.purchases if event.get("type") == "purchase" else names.surveys
         producer.produce(topic, value=line, key=str(event.get("customer_id", "")).encode())
         if index % rate == rate - 1:
-            producer.poll(0)
-            ahead = started + (index + 1) / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+            keep_pace(producer, started, index + 1, rate)
     producer.flush(60)
 
 

@@ -78,6 +78,15 @@ def pipeline_done(config, names: TopicNames, partitions: int, sources_done: Call
     return done
 
 
+def keep_pace(producer, started: float, sent: int, rate: float) -> None:
+    """Serve the producer's callbacks, then sleep until ``sent`` records are due at ``rate`` per second from
+    ``started`` (``time.monotonic()``)."""
+    producer.poll(0)
+    ahead = started + sent / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+
+
 def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path, dict[str, str], Config, TopicNames]:
     """A config file in ``workdir`` and an environment whose topic prefix (hence topics and group) is new."""
     prefix = f"{label}{uuid.uuid4().hex[:8]}."

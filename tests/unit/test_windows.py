@@ -8,16 +8,11 @@ from collections import Counter
 
 import orjson
 import pytest
+from window_cases import DAY, HOUR, MIN, SETTINGS, T0
 
 from processors.nps import NpsCounts
-from processors.windows import AnswerRef, LateAnswer, SegmentWindows, Slice, WindowResult, WindowSettings, WindowSpec
+from processors.windows import AnswerRef, LateAnswer, SegmentWindows, Slice, WindowResult
 
-MIN = 60_000
-HOUR = 60 * MIN
-DAY = 24 * HOUR
-T0 = 20_416 * DAY + 10 * HOUR  # 2025-11-24T10:00:00Z, aligned to every window
-SETTINGS = WindowSettings(specs=(WindowSpec("5m", 5 * MIN, 5 * MIN), WindowSpec("1h/5m", HOUR, 5 * MIN)),
-                          slice_ms=MIN, grace_ms=2 * MIN)
 SEGMENT = "region=EU"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import orjson
+from window_cases import DAY, MIN, SETTINGS, T0
 
 from processors.config import Config
 from processors.engine import Engine, SegmentAnswer, SegmentStage, SegmentState, aggregate_by_slice
@@ -14,14 +15,8 @@ from processors.events import SurveyResponse
 from processors.nps import NpsCounts
 from processors.retarget import Retargeter
 from processors.spikes import DetectionSettings, Evidence, SpikeDetector, SpikeState
-from processors.windows import SegmentWindows, Slice, WindowSettings, WindowSpec
+from processors.windows import SegmentWindows, Slice
 
-MIN = 60_000
-HOUR = 60 * MIN
-DAY = 24 * HOUR
-T0 = 20_416 * DAY + 10 * HOUR  # 2025-11-24T10:00:00Z, aligned to every window
-SETTINGS = WindowSettings(specs=(WindowSpec("5m", 5 * MIN, 5 * MIN), WindowSpec("1h/5m", HOUR, 5 * MIN)),
-                          slice_ms=MIN, grace_ms=2 * MIN)
 KEY = "answers_without_attributes"
 
 
