@@ -68,6 +68,7 @@ POSITION_TIMEOUT_SECONDS = 1.0
 # a checkpoint holds their effect, and each table value records the last answer run it counted.
 CHECKPOINT_SECONDS = 2.0
 MAX_RUN_ENDS = 10_000  # run ends kept per survey partition while its commits lag (about 20M answers)
+PROFILE_CACHE_SIZE = 100_000  # decoded customer profiles kept beside the profiles table
 SEGMENT_CACHE_SIZE = 65_536  # segment ids whose partition and parenthood are remembered
 SLICES_PER_RECORD = 500  # (segment, slice) aggregates per segment-slices record, well under Kafka's 1 MB limit
 
@@ -219,7 +220,7 @@ class Pipeline:
                 continue
             if message.offset > applied:
                 self.counters["purchases"] += 1
-                self._profile_cache[key] = (profile, message.partition, message.offset)
+                self._cache_profile(key, (profile, message.partition, message.offset))
                 self.profiles[key] = {**profile.to_dict(), "o": [message.partition, message.offset]}
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
@@ -247,6 +248,14 @@ class Pipeline:
         """The customer's profile (cache, then table); None for a customer without purchases."""
         return self._profile_and_offset(key, -1)[0]
 
+    def _cache_profile(self, key: bytes,
+                       cached: tuple[CustomerProfile, int, int]) -> tuple[CustomerProfile, int, int]:
+        """Keep a decoded profile beside the table (which holds the same state), at most PROFILE_CACHE_SIZE."""
+        if key not in self._profile_cache and len(self._profile_cache) >= PROFILE_CACHE_SIZE:
+            self._profile_cache.clear()
+        self._profile_cache[key] = cached
+        return cached
+
     def _profile_and_offset(self, key: bytes, partition: int) -> tuple[CustomerProfile | None, int]:
         """The customer's profile and the offset of the last purchase from ``partition`` it holds (-1: none)."""
         cached = self._profile_cache.get(key)
@@ -255,7 +264,7 @@ class Pipeline:
             if not stored:
                 return None, -1
             source, offset = stored.get("o") or (-1, -1)
-            cached = self._profile_cache[key] = (CustomerProfile.from_dict(stored), int(source), int(offset))
+            cached = self._cache_profile(key, (CustomerProfile.from_dict(stored), int(source), int(offset)))
         profile, source, offset = cached
         return profile, offset if source == partition else -1
 

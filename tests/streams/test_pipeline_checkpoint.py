@@ -1,5 +1,6 @@
 """The worker's checkpoint (``Pipeline.checkpoint``) without Kafka: slice records are acknowledged only once the
-segment states holding them are written and flushed; a failed write keeps holding them for the next one."""
+segment states holding them are written and flushed; a failed write keeps holding them for the next one. And its
+bounded cache of decoded customer profiles."""
 
 from __future__ import annotations
 
@@ -62,3 +63,19 @@ def test_a_failed_checkpoint_keeps_its_records_held_and_its_segments_dirty() -> 
     pipeline.segments.fail = False
     asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
     assert all(record.acked for record in held) and b"all" in pipeline.segments
+
+
+def test_decoded_profiles_are_bounded_and_an_evicted_one_is_read_back_from_the_table(monkeypatch) -> None:
+    import streams.pipeline as pipeline_module
+    from processors.profiles import CustomerProfile
+
+    monkeypatch.setattr(pipeline_module, "PROFILE_CACHE_SIZE", 2)
+    stored = {key: {**CustomerProfile().to_dict(), "o": [1, offset]} for offset, key in enumerate([b"a", b"b", b"c"])}
+    pipeline = SimpleNamespace(_profile_cache={}, profiles=stored)
+    pipeline._cache_profile = lambda key, cached: Pipeline._cache_profile(pipeline, key, cached)  # type: ignore[arg-type]
+    for key in (b"a", b"b", b"c"):
+        Pipeline._profile_and_offset(pipeline, key, 1)  # type: ignore[arg-type]
+        assert len(pipeline._profile_cache) <= 2
+    assert b"c" in pipeline._profile_cache and b"a" not in pipeline._profile_cache
+    profile, offset = Pipeline._profile_and_offset(pipeline, b"a", 1)  # type: ignore[arg-type]
+    assert profile is not None and offset == 0  # the last purchase it holds, from the table
