@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from processors.events import RetargetTrigger, SurveyResponse
+from processors.memo import BoundedMemo
 from processors.nps import Loyalty, classify
 from processors.segments import PLACEMENT_CACHE_SIZE
 from processors.timeparse import DAY_MS
@@ -67,7 +68,8 @@ class Retargeter:
     def __init__(self, rules: Iterable[CampaignRule]) -> None:
         rules = tuple(rules)
         self._answer_rules = [rule for rule in rules if not rule.in_spike]
-        self._segment_matches: dict[tuple[int, str], bool] = {}  # (answer rule index, segment id) -> matches
+        # (answer rule index, segment id) -> matches
+        self._segment_matches: BoundedMemo[tuple[int, str], bool] = BoundedMemo(PLACEMENT_CACHE_SIZE)
         self._alert_rules = [rule for rule in rules if rule.in_spike]
         # Scores whose answers the windows must remember for in-spike campaigns.
         self.alert_scores: frozenset[int] = frozenset(
@@ -98,9 +100,7 @@ class Retargeter:
         key = (index, segment_id)
         matched = self._segment_matches.get(key)
         if matched is None:
-            if len(self._segment_matches) >= PLACEMENT_CACHE_SIZE:
-                self._segment_matches.clear()
-            matched = self._segment_matches[key] = rule.matches_segment(segment_id)
+            matched = self._segment_matches.put(key, rule.matches_segment(segment_id))
         return matched
 
     def for_alert(self, segment_id: str, alert_id: str, severity: str, at: int,

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from processors.events import SurveyResponse
+from processors.memo import BoundedMemo
 
 ALL_SEGMENT = "all"
 PLACEMENT_CACHE_SIZE = 65_536
@@ -85,7 +86,8 @@ class Segmenter:
         self._bands = dict(settings.bands)
         self.dimensions: tuple[str, ...] = tuple(dict.fromkeys(name for cross in self._crosses for name in cross))
         # (dimension values, event dimensions, tier) -> (memberships, drivers of each): few distinct combinations
-        self._placements: dict[tuple[Any, ...], tuple[list[str], list[tuple[str, ...]]]] = {}
+        self._placements: BoundedMemo[tuple[Any, ...], tuple[list[str], list[tuple[str, ...]]]] = \
+            BoundedMemo(PLACEMENT_CACHE_SIZE)
 
     def dimension_values(self, answer: SurveyResponse, tier: str | None) -> dict[str, str]:
         """The value of every used dimension for this answer (missing ones left out)."""
@@ -119,8 +121,6 @@ class Segmenter:
         key = (tuple(values.items()), answer.region, answer.channel, answer.touchpoint, tier)
         placement = self._placements.get(key)
         if placement is None:
-            if len(self._placements) >= PLACEMENT_CACHE_SIZE:
-                self._placements.clear()
             drivers = self.driver_values(answer, tier, values)
             memberships, per_segment = [], []
             for cross in self._crosses:
@@ -128,7 +128,7 @@ class Segmenter:
                     memberships.append(segment_id([(name, values[name]) for name in cross]))
                     per_segment.append(tuple(key for key in drivers if key.partition("=")[0] not in cross)
                                        if cross else drivers)
-            placement = self._placements[key] = (memberships, per_segment)
+            placement = self._placements.put(key, (memberships, per_segment))
         return placement
 
     def driver_values(self, answer: SurveyResponse, tier: str | None, values: Mapping[str, str]) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ from processors.dedup import RecentEvents
 from processors.delivery import DeliveryPolicy
 from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice, refuse_duplicate
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
+from processors.memo import BoundedMemo
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy
@@ -105,15 +106,18 @@ class Pipeline:
         self.survey_runs = self._table("survey-runs", "ends of forwarded answer runs", use_partitioner=True)
         retargeter = Retargeter(self.settings.campaigns)
         self._hierarchy = Hierarchy(self.settings.segmentation)
-        self._replica_keys: dict[tuple[bytes, int], bytes] = {}
+        self._replica_keys: BoundedMemo[tuple[bytes, int], bytes] = BoundedMemo(SEGMENT_CACHE_SIZE)
         self._known_changelogs: set[str] = set()  # changelog topics the producer's metadata lists
-        self._owners: dict[str, int] = {}  # segment -> its slice partition (murmur2 of its id)
-        self._parents: dict[str, bool] = {}  # segment -> some configured segment shrinks toward it
+        # segment -> its slice partition (murmur2 of its id)
+        self._owners: BoundedMemo[str, int] = BoundedMemo(SEGMENT_CACHE_SIZE)
+        # segment -> some configured segment shrinks toward it
+        self._parents: BoundedMemo[str, bool] = BoundedMemo(SEGMENT_CACHE_SIZE)
         # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
         self._snapshot_window = next(spec.name for spec in self.settings.windows.specs if spec.tumbling)
         self.customer_stage = CustomerStage(self.settings, retargeter)
         self._retargeter = retargeter
-        self._profile_cache: dict[bytes, tuple[CustomerProfile, int, int]] = {}  # profile, last purchase's partition, offset
+        # decoded profiles beside the table (which holds the same state): profile, last purchase's partition, offset
+        self._profile_cache: BoundedMemo[bytes, tuple[CustomerProfile, int, int]] = BoundedMemo(PROFILE_CACHE_SIZE)
         self._held_purchases: list[EventT] = []  # applied purchases, acknowledged once their records are delivered
         self._recent: dict[TP, RecentEvents] = {}  # source partition -> event ids within the dedup horizon
         self._stages: dict[int, SegmentStage] = {}
@@ -220,7 +224,7 @@ class Pipeline:
                 continue
             if message.offset > applied:
                 self.counters["purchases"] += 1
-                self._cache_profile(key, (profile, message.partition, message.offset))
+                self._profile_cache.put(key, (profile, message.partition, message.offset))
                 self.profiles[key] = {**profile.to_dict(), "o": [message.partition, message.offset]}
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
@@ -248,14 +252,6 @@ class Pipeline:
         """The customer's profile (cache, then table); None for a customer without purchases."""
         return self._profile_and_offset(key, -1)[0]
 
-    def _cache_profile(self, key: bytes,
-                       cached: tuple[CustomerProfile, int, int]) -> tuple[CustomerProfile, int, int]:
-        """Keep a decoded profile beside the table (which holds the same state), at most PROFILE_CACHE_SIZE."""
-        if key not in self._profile_cache and len(self._profile_cache) >= PROFILE_CACHE_SIZE:
-            self._profile_cache.clear()
-        self._profile_cache[key] = cached
-        return cached
-
     def _profile_and_offset(self, key: bytes, partition: int) -> tuple[CustomerProfile | None, int]:
         """The customer's profile and the offset of the last purchase from ``partition`` it holds (-1: none)."""
         cached = self._profile_cache.get(key)
@@ -264,7 +260,7 @@ class Pipeline:
             if not stored:
                 return None, -1
             source, offset = stored.get("o") or (-1, -1)
-            cached = self._cache_profile(key, (CustomerProfile.from_dict(stored), int(source), int(offset)))
+            cached = self._profile_cache.put(key, (CustomerProfile.from_dict(stored), int(source), int(offset)))
         profile, source, offset = cached
         return profile, offset if source == partition else -1
 
@@ -638,17 +634,13 @@ class Pipeline:
         """The segment-slices partition that owns a segment: where the producer's partitioner sends its key."""
         partition = self._owners.get(segment_id)
         if partition is None:
-            if len(self._owners) >= SEGMENT_CACHE_SIZE:
-                self._owners.clear()
-            partition = self._owners[segment_id] = partition_for(segment_id.encode(), self.partitions)
+            partition = self._owners.put(segment_id, partition_for(segment_id.encode(), self.partitions))
         return partition
 
     def _is_parent(self, segment_id: str) -> bool:
         parent = self._parents.get(segment_id)
         if parent is None:
-            if len(self._parents) >= SEGMENT_CACHE_SIZE:
-                self._parents.clear()
-            parent = self._parents[segment_id] = self._hierarchy.is_parent(segment_id)
+            parent = self._parents.put(segment_id, self._hierarchy.is_parent(segment_id))
         return parent
 
     def _table_key(self, segment_id: str, partition: int) -> bytes:
@@ -665,7 +657,7 @@ class Pipeline:
             suffix = 0
             while partition_for(cached := key + b"@" + str(suffix).encode(), self.partitions) != partition:
                 suffix += 1
-            self._replica_keys[(key, partition)] = cached
+            self._replica_keys.put((key, partition), cached)
         return cached
 
     async def _publish(self, out: Outputs) -> None:

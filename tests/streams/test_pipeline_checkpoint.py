@@ -65,14 +65,12 @@ def test_a_failed_checkpoint_keeps_its_records_held_and_its_segments_dirty() -> 
     assert all(record.acked for record in held) and b"all" in pipeline.segments
 
 
-def test_decoded_profiles_are_bounded_and_an_evicted_one_is_read_back_from_the_table(monkeypatch) -> None:
-    import streams.pipeline as pipeline_module
+def test_decoded_profiles_are_bounded_and_an_evicted_one_is_read_back_from_the_table() -> None:
+    from processors.memo import BoundedMemo
     from processors.profiles import CustomerProfile
 
-    monkeypatch.setattr(pipeline_module, "PROFILE_CACHE_SIZE", 2)
     stored = {key: {**CustomerProfile().to_dict(), "o": [1, offset]} for offset, key in enumerate([b"a", b"b", b"c"])}
-    pipeline = SimpleNamespace(_profile_cache={}, profiles=stored)
-    pipeline._cache_profile = lambda key, cached: Pipeline._cache_profile(pipeline, key, cached)  # type: ignore[arg-type]
+    pipeline = SimpleNamespace(_profile_cache=BoundedMemo(2), profiles=stored)
     for key in (b"a", b"b", b"c"):
         Pipeline._profile_and_offset(pipeline, key, 1)  # type: ignore[arg-type]
         assert len(pipeline._profile_cache) <= 2
