@@ -16,9 +16,8 @@ values (channel, region, store, tier, touchpoint). An answer is in three segment
 Reported at checkpoints of event time: RSS (``VmRSS``, without tracemalloc: it would double the cost)
 before and after, bytes per segment of RSS, a sizeof walk of a sample of segments by component, and the
 worker's table copy: the value it writes to the ``segments`` table (``{"p", "s", "o", **to_dict()}``) as orjson
-bytes, and its RSS as Python objects, as written by a checkpoint (sharing strings and numbers with the state)
-and after a recovery (decoded from those bytes), as a ``memory://`` table holds it. Not modelled: the replicas
-of parent segments a worker with several slice partitions keeps (their detector and open slices, no closed
+bytes, which is what a ``memory://`` table keeps (the worker encodes table values itself), and their RSS. Not
+modelled: the replicas of parent segments a worker with several slice partitions keeps (their detector and open slices, no closed
 slices), the customer side (profiles), Faust and Kafka buffers.
 """
 
@@ -177,10 +176,9 @@ def components(stage: SegmentStage, sample: Iterable[str]) -> Counter[str]:
     for segment_id in sample:
         state = stage.segments[segment_id]
         windows, spikes = state.windows, state.spikes
-        out["windows: closed slices (counts, lists)"] += deep_size(windows.closed_starts, seen)
-        for piece in windows.closed:
-            out["windows: closed answer refs"] += deep_size(piece.answers, seen)
-            out["windows: closed slices (counts, lists)"] += deep_size(piece, seen)
+        out["windows: closed slices (count columns)"] += (deep_size(windows.closed_starts, seen)
+                                                          + deep_size(windows.closed_counts, seen))
+        out["windows: closed answer refs"] += deep_size(windows.closed_refs, seen)
         for piece in windows.open.values():
             out["windows: open slices (incl. breakdown)"] += deep_size(piece, seen)
         out["windows: containers"] += deep_size(windows, seen)
@@ -207,19 +205,12 @@ def report(stage: SegmentStage, hours: float, baseline_rss: int, sample_size: in
     per = {name: (parts[name] * (count - 1) / (len(sample) - 1) + whole[name]) / count for name in parts | whole}
     if final:
         gc.collect()
-        before_written = rss_bytes()
-        written = {segment_id: table_value(stage, segment_id) for segment_id in ids}
-        gc.collect()
-        as_written = rss_bytes() - before_written
-        encoded = [orjson.dumps(value) for value in written.values()]
-        del written
-        serialized = sum(map(len, encoded))
-        gc.collect()
         before_copy = rss_bytes()
-        recovered = {segment_id: orjson.loads(blob) for segment_id, blob in zip(ids, encoded, strict=True)}
+        encoded = [orjson.dumps(table_value(stage, segment_id)) for segment_id in ids]
         gc.collect()
         copy = rss_bytes() - before_copy
-        del recovered, encoded
+        serialized = sum(map(len, encoded))
+        del encoded
         gc.collect()
     else:
         serialized = sum(len(orjson.dumps(table_value(stage, segment_id))) for segment_id in ids)
@@ -236,9 +227,7 @@ def report(stage: SegmentStage, hours: float, baseline_rss: int, sample_size: in
         print(f"| - {name} | {value * count / 2**20:,.0f} | {value:,.0f} |")
     print(f"| table value, orjson bytes (changelog) | {serialized / 2**20:,.0f} | {serialized / count:,.0f} |")
     if final:
-        print(f"| table value as objects as written (RSS delta; leaves shared with the state) | "
-              f"{as_written / 2**20:,.0f} | {as_written / count:,.0f} |")
-        print(f"| table value as objects after recovery (RSS delta) | {copy / 2**20:,.0f} | {copy / count:,.0f} |")
+        print(f"| table copy: those bytes in a memory:// table (RSS delta) | {copy / 2**20:,.0f} | {copy / count:,.0f} |")
         print(f"| worker total: state + table copy | {(state + copy) / 2**20:,.0f} | "
               f"{(state + copy) / count:,.0f} |")
     sys.stdout.flush()

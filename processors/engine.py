@@ -192,7 +192,6 @@ class SegmentStage:
         closed.sort(key=lambda item: item[:3])
         for start, _, segment_id, piece in closed:
             self._detect(segment_id, start, piece, out)
-            piece.seal()  # the detector has the breakdown now: closed slices keep counts (and answers) only
         return out
 
     def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs) -> None:

@@ -15,7 +15,8 @@ A segment's whole state is plain data (``to_dict``/``from_dict``) so it can live
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,24 +76,17 @@ def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) ->
 
 @dataclass(slots=True)
 class Slice:
-    """One slice's counts, kept answer refs and driver breakdown. Open slices take answers; a closed slice is
-    sealed (:meth:`seal`): its refs become an exact-size tuple and its breakdown (read by the detector at the
-    close) is dropped, which saves about 120 bytes per closed slice over a list and an empty dict."""
+    """One open slice's counts, kept answer refs and driver breakdown. Once closed, a segment keeps only its
+    counts and refs, as columns (:class:`SegmentWindows`)."""
 
     counts: NpsCounts = field(default_factory=NpsCounts)
-    answers: list[AnswerRef] | tuple[AnswerRef, ...] = field(default_factory=list)
-    breakdown: Breakdown | None = field(default_factory=dict)  # None once sealed
+    answers: list[AnswerRef] = field(default_factory=list)
+    breakdown: Breakdown = field(default_factory=dict)
     # of ``counts``, the answers segmented without the customer's stored attributes (their store was unreachable)
     without_attributes: int = 0
 
-    def seal(self) -> None:
-        """Closed for good: no more answers, breakdown no longer needed."""
-        self.answers = tuple(self.answers)
-        self.breakdown = None
-
     def merge_breakdown(self, breakdown: Breakdown) -> None:
         mine = self.breakdown
-        assert mine is not None, "a sealed slice takes no answers"
         for key, (n, d) in breakdown.items():
             row = mine.get(key)
             if row is None:
@@ -102,11 +96,7 @@ class Slice:
                 row[1] += d
 
     def to_list(self) -> list[Any]:
-        data = [self.counts.to_list(), [list(ref) for ref in self.answers],
-                {} if self.breakdown is None else self.breakdown]
-        if self.without_attributes:  # only then: state without the count stays as it was (and loads in older code)
-            data.append(self.without_attributes)
-        return data
+        return slice_list(self.counts.to_list(), self.answers, self.breakdown, self.without_attributes)
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
@@ -114,6 +104,15 @@ class Slice:
         refs = [tuple(ref) if len(ref) > 4 else (*ref, 0) for ref in data[1]]  # state from before values: 0
         without = int(data[3]) if len(data) > 3 else 0  # state from before the count: 0
         return cls(NpsCounts.from_list(data[0]), refs, breakdown, without)  # type: ignore[arg-type]
+
+
+def slice_list(counts: list[int], refs: Sequence[AnswerRef], breakdown: Breakdown, without_attributes: int) -> list[Any]:
+    """A slice as stored: ``[counts, refs, breakdown]``, plus the count without attributes when there is one
+    (state without it stays as it was, and loads in older code)."""
+    data = [counts, [list(ref) for ref in refs], breakdown]
+    if without_attributes:
+        data.append(without_attributes)
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +136,23 @@ class WindowResult:
         return record
 
 
-class SegmentWindows:
-    """One segment's open slices, recently closed slices (enough for the longest window), and late count."""
+CLOSED_FIELDS = 4  # per closed slice in SegmentWindows.closed_counts: detractors, passives, promoters, without attributes
 
-    __slots__ = ("closed", "closed_starts", "closed_upto", "late", "open")
+
+class SegmentWindows:
+    """One segment's open slices, recently closed slices (enough for the longest window), and late count.
+
+    Closed slices are columns, 48 bytes each plus their refs: starts (``array('q')``), counts (``CLOSED_FIELDS``
+    int64 per slice) and one tuple of refs per slice (``()`` without any). An object per closed slice cost about
+    190 bytes, the largest part of a segment's state (docs/performance.md)."""
+
+    __slots__ = ("closed_counts", "closed_refs", "closed_starts", "closed_upto", "late", "open")
 
     def __init__(self) -> None:
         self.open: dict[int, Slice] = {}
-        self.closed: list[Slice] = []
-        self.closed_starts: list[int] = []
+        self.closed_starts = array("q")
+        self.closed_counts = array("q")
+        self.closed_refs: list[tuple[AnswerRef, ...]] = []
         self.closed_upto: int | None = None  # every slice starting before this is closed
         self.late = 0
 
@@ -156,8 +163,8 @@ class SegmentWindows:
         current, opened = self._open_slice(at_ms - at_ms % slice_ms, slice_ms, 1)
         current.counts.add(score)
         if ref is not None:
-            current.answers.append(ref)  # type: ignore[union-attr]  # an open slice's refs are a list
-        count_drivers(current.breakdown, drivers, score)  # type: ignore[arg-type]  # open: not sealed
+            current.answers.append(ref)
+        count_drivers(current.breakdown, drivers, score)
         return opened
 
     def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int,
@@ -166,7 +173,7 @@ class SegmentWindows:
         segmented without customer attributes); same contract as ``add``."""
         current, opened = self._open_slice(start, slice_ms, counts.total)
         current.counts.merge(counts)
-        current.answers.extend(refs)  # type: ignore[union-attr]  # an open slice's refs are a list
+        current.answers.extend(refs)
         if breakdown:
             current.merge_breakdown(breakdown)
         current.without_attributes += without_attributes
@@ -199,7 +206,7 @@ class SegmentWindows:
     def close(self, watermark: int, segment_id: str,
               settings: WindowSettings) -> tuple[list[WindowResult], list[tuple[int, Slice]]]:
         """Close every slice that ends at or before ``watermark``; return the windows that became final and
-        the slices just closed (start, slice), in time order.
+        the slices just closed (start, slice, with their breakdown for the detector), in time order.
 
         Results are ordered by window end, then by spec order; windows with no answers are not emitted.
         """
@@ -213,8 +220,7 @@ class SegmentWindows:
         newly: list[tuple[int, Slice]] = []
         for start in sorted(s for s in self.open if s < upto):
             piece = self.open.pop(start)
-            self.closed_starts.append(start)
-            self.closed.append(piece)
+            self._append_closed(start, piece.counts.to_list(), piece.answers, piece.without_attributes)
             newly.append((start, piece))
         self.closed_upto = upto
         if not self.closed_starts:
@@ -236,42 +242,54 @@ class SegmentWindows:
         ordered.sort(key=lambda item: (item[0], item[1]))
         return [result for _, _, result in ordered], newly
 
+    def _append_closed(self, start: int, counts: list[int], refs: Sequence[AnswerRef], without: int) -> None:
+        self.closed_starts.append(start)
+        self.closed_counts.extend(counts)
+        self.closed_counts.append(without)
+        self.closed_refs.append(tuple(refs))
+
     def forget_closed(self) -> None:
         """Drop the closed slices (for state that never emits windows)."""
-        self.closed.clear()
-        self.closed_starts.clear()
+        del self.closed_starts[:]
+        del self.closed_counts[:]
+        self.closed_refs.clear()
 
     def answers_between(self, start: int, end: int) -> list[AnswerRef]:
-        """The kept answer references of closed slices in ``[start, end)`` (valid until the next close)."""
+        """The kept answer references of closed slices in ``[start, end)``."""
         lo = bisect.bisect_left(self.closed_starts, start)
         hi = bisect.bisect_left(self.closed_starts, end)
         out: list[AnswerRef] = []
-        for piece in self.closed[lo:hi]:
-            out.extend(piece.answers)
+        for refs in self.closed_refs[lo:hi]:
+            out.extend(refs)
         return out
 
     def _sum(self, start: int, end: int) -> tuple[NpsCounts, int]:
         """The counts of the closed slices in ``[start, end)``, and how many were without attributes."""
-        lo = bisect.bisect_left(self.closed_starts, start)
-        hi = bisect.bisect_left(self.closed_starts, end)
-        total = NpsCounts()
-        without = 0
-        for piece in self.closed[lo:hi]:
-            total.merge(piece.counts)
-            without += piece.without_attributes
-        return total, without
+        lo = bisect.bisect_left(self.closed_starts, start) * CLOSED_FIELDS
+        hi = bisect.bisect_left(self.closed_starts, end) * CLOSED_FIELDS
+        columns = self.closed_counts
+        return (NpsCounts(sum(columns[lo:hi:CLOSED_FIELDS]), sum(columns[lo + 1:hi:CLOSED_FIELDS]),
+                          sum(columns[lo + 2:hi:CLOSED_FIELDS])), sum(columns[lo + 3:hi:CLOSED_FIELDS]))
 
     def _prune(self, keep_from: int) -> None:
         cut = bisect.bisect_left(self.closed_starts, keep_from)
         if cut:
             del self.closed_starts[:cut]
-            del self.closed[:cut]
+            del self.closed_counts[:cut * CLOSED_FIELDS]
+            del self.closed_refs[:cut]
+
+    def closed_slices(self) -> list[tuple[int, NpsCounts, tuple[AnswerRef, ...], int]]:
+        """The closed slices in time order: (start, counts, refs, answers without attributes)."""
+        columns = self.closed_counts
+        return [(start, NpsCounts(*columns[i * CLOSED_FIELDS:i * CLOSED_FIELDS + 3]), refs,
+                 columns[i * CLOSED_FIELDS + 3])
+                for i, (start, refs) in enumerate(zip(self.closed_starts, self.closed_refs, strict=True))]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())],
-            "closed": [[start, piece.to_list()] for start, piece in zip(self.closed_starts, self.closed,
-                                                                       strict=True)],
+            "closed": [[start, slice_list(counts.to_list(), refs, {}, without)]
+                       for start, counts, refs, without in self.closed_slices()],
             "closed_upto": self.closed_upto,
             "late": self.late,
         }
@@ -281,10 +299,8 @@ class SegmentWindows:
         windows = cls()
         windows.open = {int(start): Slice.from_list(piece) for start, piece in data.get("open", [])}
         for start, piece in data.get("closed", []):
-            windows.closed_starts.append(int(start))
             closed = Slice.from_list(piece)
-            closed.seal()
-            windows.closed.append(closed)
+            windows._append_closed(int(start), closed.counts.to_list(), closed.answers, closed.without_attributes)
         windows.closed_upto = data.get("closed_upto")
         windows.late = int(data.get("late", 0))
         return windows

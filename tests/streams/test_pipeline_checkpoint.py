@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from processors.engine import SegmentState
@@ -49,7 +50,8 @@ def test_a_checkpoint_writes_each_changed_segment_then_acknowledges_its_records(
     pipeline = _pipeline(fail=False)
     held = list(pipeline._held)
     asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
-    assert pipeline.segments[b"all"]["o"] == {"1": [41, 0]} and pipeline.segments[b"all"]["p"] == 0
+    stored = orjson.loads(pipeline.segments[b"all"])  # orjson bytes, as the changelog holds them
+    assert stored["o"] == {"1": [41, 0]} and stored["p"] == 0 and stored["s"] == "all"
     assert all(record.acked for record in held) and pipeline._held == [] and pipeline._dirty == {}
 
 
@@ -69,7 +71,8 @@ def test_decoded_profiles_are_bounded_and_an_evicted_one_is_read_back_from_the_t
     from processors.memo import BoundedMemo
     from processors.profiles import CustomerProfile
 
-    stored = {key: {**CustomerProfile().to_dict(), "o": [1, offset]} for offset, key in enumerate([b"a", b"b", b"c"])}
+    stored = {key: orjson.dumps({**CustomerProfile().to_dict(), "o": [1, offset]})
+              for offset, key in enumerate([b"a", b"b", b"c"])}
     pipeline = SimpleNamespace(_profile_cache=BoundedMemo(2), profiles=stored)
     for key in (b"a", b"b", b"c"):
         Pipeline._profile_and_offset(pipeline, key, 1)  # type: ignore[arg-type]

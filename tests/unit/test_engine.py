@@ -235,10 +235,11 @@ def test_each_window_is_emitted_once(baseline: tuple[Engine, Outputs]) -> None:
     assert hourly == 12 * (len(build_stream().answers) - LATE_COUNT)
 
 
-def test_closed_slices_are_sealed_once_the_detector_has_them(baseline: tuple[Engine, Outputs]) -> None:
+def test_closed_slices_keep_counts_and_refs_only(baseline: tuple[Engine, Outputs]) -> None:
     engine, _ = baseline
-    closed = [piece for state in engine.segments.segments.values() for piece in state.windows.closed]
-    assert closed and all(piece.breakdown is None and isinstance(piece.answers, tuple) for piece in closed)
+    closed = [piece for state in engine.segments.segments.values() for piece in state.windows.closed_slices()]
+    assert closed and all(isinstance(refs, tuple) and counts.total > 0 for _, counts, refs, _ in closed)
+    assert any(refs for _, _, refs, _ in closed), "some closed slices keep answer refs"
 
 
 def test_same_stream_twice_gives_identical_outputs(settings: EngineSettings,

@@ -5,12 +5,21 @@ from __future__ import annotations
 import random
 
 import orjson
+import pytest
 
 from processors.baseline import BaselineSettings
 from processors.cusum import cached_threshold, fleet_arl0_answers
 from processors.events import AlertEvent
 from processors.nps import NpsCounts
-from processors.spikes import Design, DetectionSettings, SpikeDetector, SpikeState, baseline_shares, drivers
+from processors.spikes import (
+    PENDING_FIELDS,
+    Design,
+    DetectionSettings,
+    SpikeDetector,
+    SpikeState,
+    baseline_shares,
+    drivers,
+)
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -56,7 +65,7 @@ def test_warming_up_root_feeds_only_the_baseline() -> None:
     detector, state = SpikeDetector(SETTINGS), SpikeState()
     assert feed(detector, [state], T0, 120, 10, 0.9, random.Random(2)) == []  # < 1000 answers, no parent
     # slices join the baseline an hour after they close: 59 of 120 so far
-    assert state.cusums[0].answers == 0 and state.baseline.history == 590 and len(state.pending) == 61
+    assert state.cusums[0].answers == 0 and state.baseline.history == 590 and len(state.pending) == 61 * PENDING_FIELDS
 
 
 def test_spike_opens_one_alert_with_onset_evidence_and_drivers() -> None:
@@ -94,16 +103,16 @@ def test_baseline_is_frozen_while_alerting_and_the_alert_resolves_with_a_head_st
     assert [e.kind for e in events] == ["opened"]
     frozen = list(state.baseline.n)
     events = feed(detector, [state], T0 + 30 * MIN, 20, 10, 0.6, rng)
-    assert events == [] and state.baseline.n == frozen  # no repeats, nothing learnt from the incident
+    assert events == [] and state.baseline.n.tolist() == frozen  # no repeats, nothing learnt from the incident
     alert_id = state.alert.alert_id if state.alert else None
     (resolved,) = feed(detector, [state], T0 + 50 * MIN, 120, 10, 0.2, rng)
     assert resolved.kind == "resolved" and resolved.alert_id == alert_id
     # the last hour's upper bound must be back under baseline + 5 pp: well after the spike ended
     assert T0 + 50 * MIN + 30 * MIN <= resolved.at <= T0 + 170 * MIN
     assert state.alert is None
-    assert state.baseline.n == frozen  # the incident's queued slices were dropped; new ones wait an hour
+    assert state.baseline.n.tolist() == frozen  # the incident's queued slices were dropped; new ones wait an hour
     feed(detector, [state], resolved.at, 62, 10, 0.2, rng)
-    assert state.baseline.n != frozen  # learning again
+    assert state.baseline.n.tolist() != frozen  # learning again
 
 
 def test_restart_at_half_the_threshold() -> None:
@@ -165,7 +174,7 @@ def test_state_round_trips_mid_alert() -> None:
     feed(detector, [state], T0, 40, 10, 0.6, random.Random(8))
     assert state.alert is not None
     copy = SpikeState.from_list(orjson.loads(orjson.dumps(state.to_list())))
-    assert copy.recent == state.recent and copy.pending == state.pending  # rows are tuples, loaded as tuples
+    assert copy.recent == state.recent and copy.pending == state.pending  # flat int64 rows, loaded as such
     later = [feed(detector, [s], T0 + 40 * MIN, 150, 10, 0.2, random.Random(9)) for s in (state, copy)]
     assert [e.to_dict() for e in later[0]] == [e.to_dict() for e in later[1]]
     assert later[0] and later[0][-1].kind == "resolved"
@@ -187,3 +196,14 @@ def test_drivers_rank_by_excess_and_skip_fixed_dimensions() -> None:
     ranked = drivers(SEGMENT, evidence, 3)
     assert [(x.dimension, x.value, x.detractors - x.expected) for x in ranked] == [("touchpoint", "a|b", 4.0)]
     assert drivers("all", evidence, 1)[0].dimension == "region"  # nothing fixed: the largest excess first
+
+
+def test_detector_rows_are_stored_as_rows_and_refused_when_malformed() -> None:
+    state = SpikeState()
+    state.recent.extend((T0, 10, 3, T0 + MIN, 8, 1))
+    state.pending.extend((T0, 10, 3, 5))
+    stored = orjson.loads(orjson.dumps(state.to_list()))
+    assert stored[3] == [[T0, 10, 3], [T0 + MIN, 8, 1]] and stored[5] == [[T0, 10, 3, 5]]
+    stored[5] = [[T0, 10, 3]]  # a pending row without its promoters
+    with pytest.raises(ValueError, match="needs 4 values"):
+        SpikeState.from_list(stored)

@@ -11,7 +11,7 @@ import pytest
 from window_cases import DAY, HOUR, MIN, SETTINGS, T0
 
 from processors.nps import NpsCounts
-from processors.windows import AnswerRef, LateAnswer, SegmentWindows, Slice, WindowResult
+from processors.windows import AnswerRef, LateAnswer, SegmentWindows, WindowResult
 
 SEGMENT = "region=EU"
 
@@ -204,7 +204,7 @@ def test_round_trip_mid_stream_gives_the_same_results() -> None:
     half = len(arrivals) // 2
     for i, (at, score, keep) in enumerate(arrivals[:half]):
         first.add(at, score, ref(i, at, score, keep))
-    assert first.windows.open and first.windows.closed, "the snapshot must hold open and closed slices"
+    assert first.windows.open and first.windows.closed_slices(), "the snapshot must hold open and closed slices"
     data = orjson.loads(orjson.dumps(first.windows.to_dict()))
     restored = SegmentWindows.from_dict(data)
     assert restored.to_dict() == first.windows.to_dict()
@@ -253,17 +253,33 @@ def test_state_from_before_answer_values_loads_with_value_zero() -> None:
     assert SegmentWindows.from_dict(data).answers_between(T0, T0 + MIN) == [("e-1", "c-1", 3, "gold", 0)]
 
 
-def test_a_sealed_slice_keeps_its_refs_as_a_tuple_and_drops_its_breakdown() -> None:
-    piece = Slice(NpsCounts(1, 0, 0), [("e-1", "c-1", 3, None, 0)], {"channel=app": [1, 1]})
-    piece.seal()
-    assert piece.answers == (("e-1", "c-1", 3, None, 0),) and piece.breakdown is None
-    assert piece.to_list() == [[1, 0, 0], [["e-1", "c-1", 3, None, 0]], {}]  # stored as before sealing
+def test_closing_keeps_counts_and_refs_as_columns_and_drops_the_breakdown() -> None:
+    windows = SegmentWindows()
+    windows.add_slice(T0, NpsCounts(1, 0, 2), [("e-1", "c-1", 3, None, 0)], MIN, {"channel=app": [3, 1]}, 1)
+    _, newly = windows.close(T0 + MIN, "all", SETTINGS)
+    assert [(start, piece.breakdown) for start, piece in newly] == [(T0, {"channel=app": [3, 1]})]  # for the detector
+    assert windows.closed_slices() == [(T0, NpsCounts(1, 0, 2), (("e-1", "c-1", 3, None, 0),), 1)]
+    assert windows.to_dict()["closed"] == [[T0, [[1, 0, 2], [["e-1", "c-1", 3, None, 0]], {}, 1]]]
 
 
-def test_closed_slices_load_sealed_and_store_as_they_were() -> None:
-    data = {"open": [[T0 + MIN, [[0, 1, 0], [], {"channel=app": [1, 0]}]]],
-            "closed": [[T0, [[1, 0, 0], [["e-1", "c-1", 3, "gold", 5]], {}]]], "closed_upto": T0 + MIN, "late": 0}
+def test_closed_slices_load_as_columns_and_store_as_they_were() -> None:
+    data = {"open": [[T0 + 2 * MIN, [[0, 1, 0], [], {"channel=app": [1, 0]}]]],
+            "closed": [[T0, [[1, 0, 0], [["e-1", "c-1", 3, "gold", 5]], {}]], [T0 + MIN, [[0, 0, 4], [], {}, 2]]],
+            "closed_upto": T0 + 2 * MIN, "late": 0}
     windows = SegmentWindows.from_dict(data)
-    assert windows.closed[0].answers == (("e-1", "c-1", 3, "gold", 5),) and windows.closed[0].breakdown is None
-    assert windows.open[T0 + MIN].breakdown == {"channel=app": [1, 0]}
+    assert windows.closed_slices() == [(T0, NpsCounts(1, 0, 0), (("e-1", "c-1", 3, "gold", 5),), 0),
+                                       (T0 + MIN, NpsCounts(0, 0, 4), (), 2)]
+    assert windows.open[T0 + 2 * MIN].breakdown == {"channel=app": [1, 0]}
     assert orjson.loads(orjson.dumps(windows.to_dict())) == data
+
+
+def test_pruning_drops_whole_rows_of_every_column() -> None:
+    windows = SegmentWindows()
+    for minute in range(70):  # more than the longest window (1 h) of slices
+        windows.add_slice(T0 + minute * MIN, NpsCounts(minute % 3, 1, 0), [(f"e-{minute}", "c", 1, None, 0)], MIN)
+        windows.close(T0 + (minute + 1) * MIN, "all", SETTINGS)
+    closed = windows.closed_slices()
+    assert len(windows.closed_counts) == 4 * len(windows.closed_starts) == 4 * len(windows.closed_refs)
+    assert closed[0][0] > T0 and closed[-1][0] == T0 + 69 * MIN
+    assert all(counts == NpsCounts((start - T0) // MIN % 3, 1, 0) and refs[0][0] == f"e-{(start - T0) // MIN}"
+               for start, counts, refs, _ in closed)
