@@ -40,6 +40,7 @@ import orjson
 from processors.config import config_from_dict
 from processors.engine import SegmentStage
 from processors.nps import NpsCounts
+from processors.packed import dumps_kept
 from processors.retarget import Retargeter
 from processors.timeparse import HOUR_MS, MINUTE_MS
 
@@ -206,7 +207,7 @@ def report(stage: SegmentStage, hours: float, baseline_rss: int, sample_size: in
     if final:
         gc.collect()
         before_copy = rss_bytes()
-        encoded = [orjson.dumps(table_value(stage, segment_id)) for segment_id in ids]
+        encoded = [dumps_kept(table_value(stage, segment_id)) for segment_id in ids]
         gc.collect()
         copy = rss_bytes() - before_copy
         serialized = sum(map(len, encoded))

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from processors.nps import NpsCounts
+from processors.packed import dumps_kept
 from processors.timeparse import MINUTE_MS
 
 # (event_id, customer_id, score, tier, value in cents): what in-spike campaigns and an alert's revenue at risk
@@ -137,22 +140,24 @@ class WindowResult:
 
 
 CLOSED_FIELDS = 4  # per closed slice in SegmentWindows.closed_counts: detractors, passives, promoters, without attributes
+NO_REFS = b""
 
 
 class SegmentWindows:
     """One segment's open slices, recently closed slices (enough for the longest window), and late count.
 
-    Closed slices are columns, 48 bytes each plus their refs: starts (``array('q')``), counts (``CLOSED_FIELDS``
-    int64 per slice) and one tuple of refs per slice (``()`` without any). An object per closed slice cost about
-    190 bytes, the largest part of a segment's state (docs/performance.md)."""
+    Closed slices are columns, 32 bytes each plus their refs: starts (``array('q')``), counts (``CLOSED_FIELDS``
+    int32 per slice) and the slice's refs as one orjson array (``b""`` without any), about 45 bytes a ref where a
+    tuple of strings took about 280; they are read only when an alert opens or a checkpoint stores the state. An
+    object per closed slice cost about 190 bytes (docs/performance.md)."""
 
     __slots__ = ("closed_counts", "closed_refs", "closed_starts", "closed_upto", "late", "open")
 
     def __init__(self) -> None:
         self.open: dict[int, Slice] = {}
         self.closed_starts = array("q")
-        self.closed_counts = array("q")
-        self.closed_refs: list[tuple[AnswerRef, ...]] = []
+        self.closed_counts = array("i")
+        self.closed_refs: list[bytes] = []
         self.closed_upto: int | None = None  # every slice starting before this is closed
         self.late = 0
 
@@ -246,7 +251,7 @@ class SegmentWindows:
         self.closed_starts.append(start)
         self.closed_counts.extend(counts)
         self.closed_counts.append(without)
-        self.closed_refs.append(tuple(refs))
+        self.closed_refs.append(dumps_kept(refs) if refs else NO_REFS)
 
     def forget_closed(self) -> None:
         """Drop the closed slices (for state that never emits windows)."""
@@ -260,7 +265,8 @@ class SegmentWindows:
         hi = bisect.bisect_left(self.closed_starts, end)
         out: list[AnswerRef] = []
         for refs in self.closed_refs[lo:hi]:
-            out.extend(refs)
+            if refs:
+                out.extend(map(tuple, orjson.loads(refs)))
         return out
 
     def _sum(self, start: int, end: int) -> tuple[NpsCounts, int]:
@@ -280,16 +286,20 @@ class SegmentWindows:
 
     def closed_slices(self) -> list[tuple[int, NpsCounts, tuple[AnswerRef, ...], int]]:
         """The closed slices in time order: (start, counts, refs, answers without attributes)."""
+        return [(start, NpsCounts(*counts), tuple(map(tuple, refs)), without)
+                for start, counts, refs, without in self._closed_rows()]
+
+    def _closed_rows(self) -> Iterator[tuple[int, list[int], list[list[Any]], int]]:
         columns = self.closed_counts
-        return [(start, NpsCounts(*columns[i * CLOSED_FIELDS:i * CLOSED_FIELDS + 3]), refs,
-                 columns[i * CLOSED_FIELDS + 3])
-                for i, (start, refs) in enumerate(zip(self.closed_starts, self.closed_refs, strict=True))]
+        for i, (start, refs) in enumerate(zip(self.closed_starts, self.closed_refs, strict=True)):
+            at = i * CLOSED_FIELDS
+            yield start, columns[at:at + 3].tolist(), orjson.loads(refs) if refs else [], columns[at + 3]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())],
-            "closed": [[start, slice_list(counts.to_list(), refs, {}, without)]
-                       for start, counts, refs, without in self.closed_slices()],
+            "closed": [[start, slice_list(counts, refs, {}, without)]
+                       for start, counts, refs, without in self._closed_rows()],
             "closed_upto": self.closed_upto,
             "late": self.late,
         }

@@ -43,6 +43,7 @@ from processors.delivery import DeliveryPolicy
 from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice, refuse_duplicate
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
 from processors.memo import BoundedMemo
+from processors.packed import dumps_kept
 from processors.profiles import CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy
@@ -163,9 +164,9 @@ class Pipeline:
                               internal=internal)
 
     def _table(self, name: str, help_text: str, **options: Any) -> faust.Table:
-        """A table of orjson bytes, encoded and decoded here: the changelog holds the bytes the "orjson" codec
-        wrote before (so older changelogs recover), and a ``memory://`` table keeps these bytes, not a copy of
-        the state as Python objects (about 8x smaller for segment state, docs/performance.md)."""
+        """A table of orjson bytes (:func:`processors.packed.dumps_kept`), encoded and decoded here: the changelog
+        holds the bytes the "orjson" codec wrote before (so older changelogs recover), and a ``memory://`` table
+        keeps these bytes, not a copy of the state as Python objects (several times smaller, docs/performance.md)."""
         # value_type=bytes makes the table, its store and its changelog topic all "raw" (a value_serializer set
         # after construction reaches the writes but not the changelog topic's decoding on recovery)
         return self.app.Table(name, partitions=self.partitions, key_type=bytes, value_type=bytes, help=help_text,
@@ -229,7 +230,7 @@ class Pipeline:
             if message.offset > applied:
                 self.counters["purchases"] += 1
                 self._profile_cache.put(key, (profile, message.partition, message.offset))
-                self.profiles[key] = orjson.dumps({**profile.to_dict(), "o": [message.partition, message.offset]})
+                self.profiles[key] = dumps_kept({**profile.to_dict(), "o": [message.partition, message.offset]})
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
             if len(self._held_purchases) >= BATCH_SIZE:
@@ -379,7 +380,7 @@ class Pipeline:
                 ends.popleft()
             ends.append(run[-1].event.message.offset)
             with as_current_event(run[-1].event):
-                self.survey_runs[self._partition_key(b"survey-runs", partition)] = orjson.dumps(list(ends))
+                self.survey_runs[self._partition_key(b"survey-runs", partition)] = dumps_kept(list(ends))
         await self.app.producer.flush()
 
     @metrics.timed("answers")
@@ -608,7 +609,7 @@ class Pipeline:
                 with as_current_event(of_partition[partition]):
                     for segment_id in changed:
                         runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
-                        self.segments[self._table_key(segment_id, partition)] = orjson.dumps({
+                        self.segments[self._table_key(segment_id, partition)] = dumps_kept({
                             "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()})
             await self.app.producer.flush()
         except BaseException:
