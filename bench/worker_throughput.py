@@ -97,7 +97,14 @@ def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path,
     return config_path, env, config, TopicNames.from_settings(config.kafka)
 
 
-def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") -> tuple[float, int]:
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+
+
+def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") -> tuple[float, int, float]:
+    """Seconds until the worker is done, events produced, the worker's peak RSS in MiB."""
     config_path, env, config, names = fresh_deployment(workdir, "bench",
                                                        f"{base_config}\n[kafka]\npartitions = {partitions}\n")
     prefix = env["NPSPULSE_KAFKA_TOPIC_PREFIX"]
@@ -118,7 +125,7 @@ def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") 
                 raise RuntimeError(f"worker exited (whole log: {kept}); from the first error:\n"
                                    + "\n".join(lines[first:first + 60]))
             time.sleep(0.5)
-        return time.perf_counter() - started, report.total
+        return time.perf_counter() - started, report.total, peak_rss_mib(worker.pid)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
@@ -134,10 +141,11 @@ def main() -> None:
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
-            seconds, events = run_once(args.file, args.partitions, Path(tmp),
-                                       args.config.read_text() if args.config else "")
+            seconds, events, peak = run_once(args.file, args.partitions, Path(tmp),
+                                             args.config.read_text() if args.config else "")
             rates.append(events / seconds)
-            print(f"run {run + 1}: {events:,} events in {seconds:.1f} s (start-up included): {rates[-1]:,.0f} events/s")
+            print(f"run {run + 1}: {events:,} events in {seconds:.1f} s (start-up included): {rates[-1]:,.0f} events/s, "
+                  f"worker peak RSS {peak:,.0f} MiB")
     print(f"median over {len(rates)} runs: {statistics.median(rates):,.0f} events/s through one worker "
           f"({args.partitions} partitions)")
 
