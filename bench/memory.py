@@ -184,7 +184,7 @@ def components(stage: SegmentStage, sample: Iterable[str]) -> Counter[str]:
             out["windows: open slices (incl. breakdown)"] += deep_size(piece, seen)
         out["windows: containers"] += deep_size(windows, seen)
         out["detector: baseline"] += deep_size(spikes.baseline, seen)
-        out["detector: recent + pending rows"] += deep_size(spikes.recent, seen) + deep_size(spikes.pending, seen)
+        out["detector: recent and pending rows"] += deep_size(spikes.rows, seen)
         out["detector: cusums, evidence, alert"] += deep_size(spikes, seen)
         out["segment state + id"] += deep_size(state, seen) + deep_size(segment_id, seen)
     return out

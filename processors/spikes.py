@@ -160,63 +160,81 @@ class OpenAlert:
                    Evidence.from_list(evidence))
 
 
-RECENT_FIELDS = 3  # per row of SpikeState.recent: slice start, answers, detractors
-PENDING_FIELDS = 4  # per row of SpikeState.pending: slice start, answers, detractors, promoters
+ROW_FIELDS = 4  # per row of SpikeState.rows: slice start, answers, detractors, promoters (NOT_PENDING: learnt)
+NOT_PENDING = -1
 
 
 @dataclass(slots=True)
 class SpikeState:
-    """One segment's detector: baseline, CUSUMs with their evidence since onset, last hour, open alert.
+    """One segment's detector: baseline, CUSUMs with their evidence since onset, recent slices, open alert.
 
-    The last hour's slices (``recent``) and the slices not yet learnt (``pending``) are flat int64 arrays of
-    RECENT_FIELDS and PENDING_FIELDS values a row, in time order: 24 and 32 bytes a row, where a tuple per
-    row cost about 110."""
+    ``rows`` holds the slices of the last hour (for the resolve test) and the slices not yet learnt by the
+    baseline, each once, in time order: a flat int64 array of ROW_FIELDS values a row (32 bytes), where the
+    promoters field is NOT_PENDING for a slice the baseline will not learn (learnt, or claimed by an alert). It
+    is stored as the two lists it replaced: the rows (start, answers, detractors) and the pending rows."""
 
     baseline: HourlyBaseline = field(default_factory=HourlyBaseline)
     cusums: list[BernoulliCusum] = field(default_factory=lambda: [BernoulliCusum(), BernoulliCusum()])
     evidence: list[Evidence] = field(default_factory=lambda: [Evidence(), Evidence()])
-    recent: array = field(default_factory=lambda: array("q"))
+    rows: array = field(default_factory=lambda: array("q"))
     alert: OpenAlert | None = None
-    pending: array = field(default_factory=lambda: array("q"))
 
     def to_list(self) -> list[Any]:
+        values = self.rows
+        recent = [values[i:i + 3].tolist() for i in range(0, len(values), ROW_FIELDS)]
+        pending = [values[i:i + ROW_FIELDS].tolist() for i in range(0, len(values), ROW_FIELDS)
+                   if values[i + 3] != NOT_PENDING]
         return [self.baseline.to_list(), [c.to_list() for c in self.cusums], [e.to_list() for e in self.evidence],
-                rows(self.recent, RECENT_FIELDS), self.alert.to_list() if self.alert else None,
-                rows(self.pending, PENDING_FIELDS)]
+                recent, self.alert.to_list() if self.alert else None, pending]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> SpikeState:
         baseline, cusums, evidence, recent, alert = data[:5]
         pending = data[5] if len(data) > 5 else []
+        merged: dict[int, list[int]] = {}
+        for row in recent:
+            if len(row) != 3:
+                raise ValueError(f"a recent detector row needs 3 values, got {len(row)}")
+            merged[int(row[0])] = [int(row[0]), int(row[1]), int(row[2]), NOT_PENDING]
+        for row in pending:
+            if len(row) != ROW_FIELDS:
+                raise ValueError(f"a pending detector row needs {ROW_FIELDS} values, got {len(row)}")
+            merged[int(row[0])] = [int(x) for x in row]
+        values = array("q")
+        for start in sorted(merged):
+            values.extend(merged[start])
         return cls(HourlyBaseline.from_list(baseline), [BernoulliCusum.from_list(c) for c in cusums],
-                   [Evidence.from_list(e) for e in evidence], flat(recent, RECENT_FIELDS),
-                   OpenAlert.from_list(alert) if alert else None, flat(pending, PENDING_FIELDS))
+                   [Evidence.from_list(e) for e in evidence], values, OpenAlert.from_list(alert) if alert else None)
 
     def learn_until(self, before: int, settings: BaselineSettings) -> None:
         """Move the pending slices that start before ``before`` into the baseline, oldest first."""
-        pending = self.pending
-        done = 0
-        while done < len(pending) and pending[done] < before:
-            start, n, d, p = pending[done:done + PENDING_FIELDS]
-            self.baseline.update(start, n, d, settings, promoters=p)
-            done += PENDING_FIELDS
-        if done:
-            del pending[:done]
+        values = self.rows
+        for i in range(0, len(values), ROW_FIELDS):
+            if values[i] >= before:
+                break
+            if values[i + 3] != NOT_PENDING:
+                self.baseline.update(values[i], values[i + 1], values[i + 2], settings, promoters=values[i + 3])
+                values[i + 3] = NOT_PENDING
 
+    def forget_before(self, window_start: int) -> None:
+        """Drop the rows before ``window_start`` that are no longer pending, from the front."""
+        values = self.rows
+        stale = 0
+        while stale < len(values) and values[stale] < window_start and values[stale + 3] == NOT_PENDING:
+            stale += ROW_FIELDS
+        if stale:
+            del values[:stale]
 
-def rows(values: array, width: int) -> list[list[int]]:
-    """A flat row array as a list of rows (the stored form)."""
-    return [values[i:i + width].tolist() for i in range(0, len(values), width)]
-
-
-def flat(stored: Sequence[Sequence[Any]], width: int) -> array:
-    """Stored rows as a flat int64 array; raises ValueError for a row of another width."""
-    values = array("q")
-    for row in stored:
-        if len(row) != width:
-            raise ValueError(f"a detector row needs {width} values, got {len(row)}")
-        values.extend(int(x) for x in row)
-    return values
+    def recent_counts(self, window_start: int) -> tuple[int, int]:
+        """(answers, detractors) of the rows from ``window_start`` on."""
+        values = self.rows
+        n = d = 0
+        for i in range(len(values) - ROW_FIELDS, -1, -ROW_FIELDS):
+            if values[i] < window_start:
+                break
+            n += values[i + 1]
+            d += values[i + 2]
+        return n, d
 
 
 class Design:
@@ -283,13 +301,8 @@ class SpikeDetector:
         end = start + MINUTE_MS
         window_start = start - settings.resolve_window_ms + MINUTE_MS
         state.learn_until(start - settings.baseline_delay_ms, settings.baseline)
-        recent = state.recent  # in time order: drop the rows that left the last hour from the front
-        stale = 0
-        while stale < len(recent) and recent[stale] < window_start:
-            stale += RECENT_FIELDS
-        if stale:
-            del recent[:stale]
-        recent.extend((start, n, d))
+        state.forget_before(window_start)
+        state.rows.extend((start, n, d, NOT_PENDING))
         q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
         warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
         designs = None if warming_up else self.designs(state, q0)
@@ -313,19 +326,19 @@ class SpikeDetector:
                          if design.reached(cusum.s)]
                 if fired:
                     events.append(self._open(segment_id, parent_id, state, fired[-1], end, designs, chain))
-        if state.alert is None:
-            state.pending.extend((start, n, d, counts.promoters))
+        if state.alert is None:  # pending: the baseline learns it later, unless an alert claims it first
+            state.rows[-1] = counts.promoters
         return events
 
     def _open(self, segment_id: str, parent_id: str | None, state: SpikeState, design: int, end: int,
               designs: list[Design], chain: Sequence[SpikeState]) -> AlertEvent:
         evidence = state.evidence[design].copy()
         if evidence.since is not None:  # the incident began before it was detected: keep it out of the baseline
-            pending = state.pending  # in time order: keep the rows before the onset
-            keep = 0
-            while keep < len(pending) and pending[keep] < evidence.since:
-                keep += PENDING_FIELDS
-            del pending[keep:]
+            values = state.rows  # in time order: the rows from the onset on are no longer pending
+            for i in range(len(values) - ROW_FIELDS, -1, -ROW_FIELDS):
+                if values[i] < evidence.since:
+                    break
+                values[i + 3] = NOT_PENDING
         sev1 = design == len(self.settings.shifts) - 1 or evidence.rise >= self.settings.sev1_rise
         alert_id = content_id("alert", segment_id, end, RULE)
         incident = open_ancestor_incident(chain) or alert_id
@@ -336,8 +349,7 @@ class SpikeDetector:
     def _while_open(self, segment_id: str, parent_id: str | None, state: SpikeState, alert: OpenAlert, end: int,
                     q0: float, designs: list[Design], chain: Sequence[SpikeState]) -> list[AlertEvent]:
         settings = self.settings
-        n = sum(state.recent[1::RECENT_FIELDS])
-        d = sum(state.recent[2::RECENT_FIELDS])
+        n, d = state.recent_counts(end - settings.resolve_window_ms)
         upper = wilson_interval(d, n)[1] if n else 1.0
         if end - alert.opened_at >= settings.min_open_ms and upper < q0 + settings.resolve_margin:
             for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True)):

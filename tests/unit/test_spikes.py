@@ -12,7 +12,8 @@ from processors.cusum import cached_threshold, fleet_arl0_answers
 from processors.events import AlertEvent
 from processors.nps import NpsCounts
 from processors.spikes import (
-    PENDING_FIELDS,
+    NOT_PENDING,
+    ROW_FIELDS,
     Design,
     DetectionSettings,
     SpikeDetector,
@@ -65,7 +66,7 @@ def test_warming_up_root_feeds_only_the_baseline() -> None:
     detector, state = SpikeDetector(SETTINGS), SpikeState()
     assert feed(detector, [state], T0, 120, 10, 0.9, random.Random(2)) == []  # < 1000 answers, no parent
     # slices join the baseline an hour after they close: 59 of 120 so far
-    assert state.cusums[0].answers == 0 and state.baseline.history == 590 and len(state.pending) == 61 * PENDING_FIELDS
+    assert state.cusums[0].answers == 0 and state.baseline.history == 590 and pending_rows(state) == 61
 
 
 def test_spike_opens_one_alert_with_onset_evidence_and_drivers() -> None:
@@ -174,7 +175,7 @@ def test_state_round_trips_mid_alert() -> None:
     feed(detector, [state], T0, 40, 10, 0.6, random.Random(8))
     assert state.alert is not None
     copy = SpikeState.from_list(orjson.loads(orjson.dumps(state.to_list())))
-    assert copy.recent == state.recent and copy.pending == state.pending  # flat int64 rows, loaded as such
+    assert copy.rows == state.rows  # the rows and their pending marks load as they were
     later = [feed(detector, [s], T0 + 40 * MIN, 150, 10, 0.2, random.Random(9)) for s in (state, copy)]
     assert [e.to_dict() for e in later[0]] == [e.to_dict() for e in later[1]]
     assert later[0] and later[0][-1].kind == "resolved"
@@ -198,12 +199,18 @@ def test_drivers_rank_by_excess_and_skip_fixed_dimensions() -> None:
     assert drivers("all", evidence, 1)[0].dimension == "region"  # nothing fixed: the largest excess first
 
 
-def test_detector_rows_are_stored_as_rows_and_refused_when_malformed() -> None:
+def pending_rows(state: SpikeState) -> int:
+    return sum(1 for promoters in state.rows[3::ROW_FIELDS] if promoters != NOT_PENDING)
+
+
+def test_detector_rows_store_as_recent_and_pending_lists_and_load_merged() -> None:
     state = SpikeState()
-    state.recent.extend((T0, 10, 3, T0 + MIN, 8, 1))
-    state.pending.extend((T0, 10, 3, 5))
+    state.rows.extend((T0, 10, 3, 5, T0 + MIN, 8, 1, NOT_PENDING))  # the second one claimed by an alert
     stored = orjson.loads(orjson.dumps(state.to_list()))
     assert stored[3] == [[T0, 10, 3], [T0 + MIN, 8, 1]] and stored[5] == [[T0, 10, 3, 5]]
+    assert SpikeState.from_list(stored).rows == state.rows
+    stored[3] = [[T0 + MIN, 8, 1]]  # an older release kept a pending row after it left the last hour
+    assert SpikeState.from_list(stored).rows == state.rows
     stored[5] = [[T0, 10, 3]]  # a pending row without its promoters
     with pytest.raises(ValueError, match="needs 4 values"):
         SpikeState.from_list(stored)
