@@ -26,7 +26,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +58,7 @@ from streams.topics import TopicNames
 log = logging.getLogger("npspulse.pipeline")
 
 BATCH_SIZE = 2000
-BATCH_SECONDS = 0.2
+BATCH_SECONDS = 0.05
 WATERMARK_SECONDS = 1.0
 SOURCE_IDLE_SECONDS = 3.0
 MAX_PENDING_ANSWERS = 50_000
@@ -123,6 +123,7 @@ class Pipeline:
         self._stages: dict[int, SegmentStage] = {}
         self._trackers: dict[int, WatermarkTracker] = {}
         self._stream_times: dict[int, int] = {}
+        self._announced: dict[int, int] = {}  # survey partition -> slice boundary its last run's marker passed
         self._last_record: dict[int, float] = {}
         self._purchase_times: dict[int, int] = {}  # purchases partition -> max purchase time applied
         self._purchase_seen: dict[int, float] = {}  # purchases partition -> wall time of the last one
@@ -178,8 +179,8 @@ class Pipeline:
         for tp in revoked:
             partition = tp.partition
             if tp.topic == self.names.surveys:
-                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets, self._idle,
-                                 self._run_ends, self._replay_bounds):
+                for progress in (self._pending, self._stream_times, self._announced, self._last_record,
+                                 self._survey_offsets, self._idle, self._run_ends, self._replay_bounds):
                     progress.pop(partition, None)
             elif tp.topic == self.names.purchases:
                 for progress in (self._purchase_times, self._purchase_seen, self._purchase_offsets):
@@ -405,6 +406,7 @@ class Pipeline:
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
+        await self._announce_stream_times(times)
         # Delivered before acknowledged, so a stop or crash loses nothing. Waits for these records only,
         # not for the whole producer (the purchases agent's changelog may have a long queue).
         await asyncio.gather(*sent)
@@ -476,6 +478,26 @@ class Pipeline:
             return True  # not co-partitioned with surveys here (mid-rebalance): nothing to wait for
         quiet = time.monotonic() - self._purchase_seen.get(partition, self._started) >= SOURCE_IDLE_SECONDS
         return quiet and await self._caught_up(tp, self._purchase_offsets.get(partition))
+
+    async def _announce_stream_times(self, partitions: Iterable[int]) -> None:
+        """After a run is forwarded: each of its survey partitions' stream time to every slice partition, when
+        the watermark it allows (stream time - grace) has passed a slice boundary since the last such marker:
+        only then can the segment side close anything. A slice then closes as soon as its closing answer is
+        forwarded, not at the next ``send_watermarks`` (on average half a second later). Queued after the run's
+        slices on the same producer and partitions, so it never overtakes them; the partition has just forwarded
+        answers, so it is active. The timer still sends every second (idleness, partitions without runs)."""
+        slice_ms, grace_ms = self.settings.windows.slice_ms, self.settings.windows.grace_ms
+        for source in partitions:
+            stream_time = self._stream_times.get(source)
+            if stream_time is None:
+                continue
+            boundary = (stream_time - grace_ms) // slice_ms
+            if boundary <= self._announced.get(source, boundary - 1):
+                continue
+            self._announced[source] = boundary
+            value = orjson.dumps({"m": source, "t": stream_time, "idle": False})
+            for partition in range(self.partitions):
+                await self.slices.send(key=b"", value=value, partition=partition)
 
     async def send_watermarks(self) -> None:
         """Every second: each assigned survey partition's stream time to every slice partition."""
@@ -661,13 +683,15 @@ class Pipeline:
         return cached
 
     async def _publish(self, out: Outputs) -> None:
+        # Alerts first: a slice boundary that is also a window boundary closes a window of every segment, and
+        # queueing those (hundreds) before the alerts delayed the alerts by tens of milliseconds.
+        records = [alert.to_dict() for alert in out.alerts]
+        for alert, record in zip(out.alerts, records, strict=True):
+            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(record))
         self.counters["windows"] += len(out.windows)
         metrics.windows_closed(out.windows)
         for window in out.windows:
             await self.windows.send(key=window.segment_id.encode(), value=orjson.dumps(window.to_dict()))
-        records = [alert.to_dict() for alert in out.alerts]
-        for alert, record in zip(out.alerts, records, strict=True):
-            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(record))
         metrics.alerts_published(records)
         self.counters["alerts"] += sum(1 for alert in out.alerts if alert.kind == "opened")
         await self._send_triggers(out.triggers, False)
