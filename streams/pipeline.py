@@ -484,8 +484,15 @@ class Pipeline:
         the watermark it allows (stream time - grace) has passed a slice boundary since the last such marker:
         only then can the segment side close anything. A slice then closes as soon as its closing answer is
         forwarded, not at the next ``send_watermarks`` (on average half a second later). Queued after the run's
-        slices on the same producer and partitions, so it never overtakes them; the partition has just forwarded
-        answers, so it is active. The timer still sends every second (idleness, partitions without runs)."""
+        slices on the same producer and partitions, so it never overtakes them. Only while the timer last reported
+        every assigned survey partition active: then the marker changes no idle flag, it only brings forward a
+        stream time the timer would send within a second. Otherwise (a partition idle, or not reported since the
+        assignment) the timer alone decides, as before: announcing one partition active while another is still
+        marked idle would let the watermark jump past that other partition's answers (the likely cause of a run
+        of tests/faults/test_services.py's broker restart with 2,198 late answers, before this condition)."""
+        sources = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.names.surveys]
+        if not sources or any(self._idle.get(source) is not False for source in sources):
+            return
         slice_ms, grace_ms = self.settings.windows.slice_ms, self.settings.windows.grace_ms
         for source in partitions:
             stream_time = self._stream_times.get(source)
