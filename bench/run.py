@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
-from worker_throughput import free_port, pipeline_done
+from worker_throughput import free_port, high_water_kib, pipeline_done
 
 from processors.config import Config
 from streams.app import app_id
@@ -120,16 +120,6 @@ def measure(cmd: list[str], env: dict[str, str], workdir: Path, done: Callable[[
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode} before it was done (log {log_path}):\n{tail}")
     return Measure(seconds, usage.ru_utime + usage.ru_stime, peak_kib / 1024)
-
-
-def high_water_kib(pid: int) -> int:
-    """The process's peak RSS so far (VmHWM). Not ru_maxrss: Linux carries the forking parent's peak into the
-    child's ru_maxrss across exec, which would floor every figure at this script's own RSS."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def npspulse_counts(windows: Path) -> Counts:

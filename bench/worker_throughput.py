@@ -97,10 +97,14 @@ def fresh_deployment(workdir: Path, label: str, config_text: str) -> tuple[Path,
     return config_path, env, config, TopicNames.from_settings(config.kafka)
 
 
-def peak_rss_mib(pid: int) -> float:
-    """A live process's peak resident memory (VmHWM), MiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+def high_water_kib(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM). Not ru_maxrss: Linux carries the forking parent's peak into the
+    child's ru_maxrss across exec, which would floor every figure at this script's own RSS."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") -> tuple[float, int, float]:
@@ -125,7 +129,7 @@ def run_once(path: Path, partitions: int, workdir: Path, base_config: str = "") 
                 raise RuntimeError(f"worker exited (whole log: {kept}); from the first error:\n"
                                    + "\n".join(lines[first:first + 60]))
             time.sleep(0.5)
-        return time.perf_counter() - started, report.total, peak_rss_mib(worker.pid)
+        return time.perf_counter() - started, report.total, high_water_kib(worker.pid) / 1024
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
