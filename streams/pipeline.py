@@ -54,6 +54,7 @@ from streams import metrics
 from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
 from streams.slice_records import DECODE_ERRORS, decode_slices, encode_slices
+from streams.table_writes import put
 from streams.topics import TopicNames
 
 log = logging.getLogger("npspulse.pipeline")
@@ -230,7 +231,7 @@ class Pipeline:
             if message.offset > applied:
                 self.counters["purchases"] += 1
                 self._profile_cache.put(key, (profile, message.partition, message.offset))
-                self.profiles[key] = dumps_kept({**profile.to_dict(), "o": [message.partition, message.offset]})
+                await put(self.profiles, key, dumps_kept({**profile.to_dict(), "o": [message.partition, message.offset]}))
             if purchase.purchased_at > self._purchase_times.get(message.partition, -1):
                 self._purchase_times[message.partition] = purchase.purchased_at
             if len(self._held_purchases) >= BATCH_SIZE:
@@ -380,7 +381,7 @@ class Pipeline:
                 ends.popleft()
             ends.append(run[-1].event.message.offset)
             with as_current_event(run[-1].event):
-                self.survey_runs[self._partition_key(b"survey-runs", partition)] = dumps_kept(list(ends))
+                await put(self.survey_runs, self._partition_key(b"survey-runs", partition), dumps_kept(list(ends)))
         await self.app.producer.flush()
 
     @metrics.timed("answers")
@@ -511,14 +512,21 @@ class Pipeline:
                  self.counters, self.delivery.counters, "; survey partitions paused" if self._paused else "")
 
     async def _caught_up(self, tp: Any, processed: int | None) -> bool:
-        """Everything in the partition has been handled (``processed``: the last offset this worker handled,
-        if any since the assignment; else the fetch position must have reached the end)."""
+        """Everything in the partition up to its high watermark has been handled. ``processed``: the last offset
+        this worker handled since the assignment. Without one, handling resumes at the committed offset: the fetch
+        position is no measure, as it passes records fetched but not yet handed to an agent (a partition then
+        looked caught up with its records still queued; answers could be segmented before their customer's
+        purchases). Only a group that never committed falls back to the fetch position."""
         try:
             highwater = self.app.consumer.highwater(tp)
-            # aiokafka's position() waits until the fetcher knows the position, which a paused partition
-            # (backpressure, re-applied on assignment) may never get: bounded, or the timer calling this hangs.
-            position = await asyncio.wait_for(self.app.consumer.position(tp), POSITION_TIMEOUT_SECONDS) \
-                if processed is None else processed + 1
+            if processed is not None:
+                position = processed + 1
+            elif (committed := getattr(self.app.consumer, "_committed_offset", {}).get(tp)) is not None:
+                position = committed
+            else:
+                # aiokafka's position() waits until the fetcher knows the position, which a paused partition
+                # (backpressure, re-applied on assignment) may never get: bounded, or the timer calling this hangs.
+                position = await asyncio.wait_for(self.app.consumer.position(tp), POSITION_TIMEOUT_SECONDS)
         except Exception:  # not fetched yet, paused, or mid-rebalance: not known to be caught up
             return False
         return highwater is not None and position is not None and position >= highwater
@@ -609,8 +617,8 @@ class Pipeline:
                 with as_current_event(of_partition[partition]):
                     for segment_id in changed:
                         runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
-                        self.segments[self._table_key(segment_id, partition)] = dumps_kept({
-                            "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()})
+                        await put(self.segments, self._table_key(segment_id, partition), dumps_kept({
+                            "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}))
             await self.app.producer.flush()
         except BaseException:
             # Not checkpointed: keep holding (an agent restarted by Faust checkpoints them next time), or the

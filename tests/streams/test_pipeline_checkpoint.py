@@ -23,15 +23,28 @@ class Record:
         self.acked = True
 
 
-class Table(dict):
+class Table:
+    """What ``streams.table_writes.put`` uses of a Faust table: its store and its changelog topic."""
+
     def __init__(self, fail: bool) -> None:
-        super().__init__()
+        self.data: dict[bytes, bytes] = {}
+        self.changelog: dict[bytes, bytes] = {}
+        self.changelog_topic = self
         self.fail = fail
 
-    def __setitem__(self, key: bytes, value: dict) -> None:
+    def partition_for_key(self, key: bytes) -> None:
+        return None
+
+    def _on_changelog_sent(self, future: object) -> None:
+        return None
+
+    async def send(self, *, key: bytes, value: bytes, partition: None, callback: object) -> asyncio.Future:
         if self.fail:
             raise TypeError("changelog partition unknown")
-        super().__setitem__(key, value)
+        self.changelog[key] = value
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
 
 
 def _pipeline(fail: bool) -> SimpleNamespace:
@@ -50,7 +63,8 @@ def test_a_checkpoint_writes_each_changed_segment_then_acknowledges_its_records(
     pipeline = _pipeline(fail=False)
     held = list(pipeline._held)
     asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
-    stored = orjson.loads(pipeline.segments[b"all"])  # orjson bytes, as the changelog holds them
+    stored = orjson.loads(pipeline.segments.changelog[b"all"])  # orjson bytes, as the changelog holds them
+    assert pipeline.segments.data[b"all"] == pipeline.segments.changelog[b"all"]
     assert stored["o"] == {"1": [41, 0]} and stored["p"] == 0 and stored["s"] == "all"
     assert all(record.acked for record in held) and pipeline._held == [] and pipeline._dirty == {}
 
@@ -64,7 +78,7 @@ def test_a_failed_checkpoint_keeps_its_records_held_and_its_segments_dirty() -> 
     assert pipeline._held == held and pipeline._dirty == {0: {"all"}}
     pipeline.segments.fail = False
     asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
-    assert all(record.acked for record in held) and b"all" in pipeline.segments
+    assert all(record.acked for record in held) and b"all" in pipeline.segments.changelog
 
 
 def test_decoded_profiles_are_bounded_and_an_evicted_one_is_read_back_from_the_table() -> None:
