@@ -1,8 +1,10 @@
 """Customer profiles from purchases: recency, frequency and monetary value (RFM) over an event-time
 horizon of complete UTC days before the answer's day, and a value tier from configurable thresholds.
 
-State per customer is bounded: purchases are folded into per-UTC-day buckets and buckets older than the
-horizon are dropped, so a profile holds at most ``horizon_days`` small entries.
+State per customer is bounded: purchases are folded into per-UTC-day buckets, and buckets more than two
+horizons older than the newest are dropped, so a profile holds at most ``2 * horizon_days + 1`` small entries.
+Two, not one: the streaming worker may apply a customer's later purchases before an earlier answer of theirs
+(the topics are read side by side), and that answer still needs its own horizon (up to a horizon of lead).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class CustomerProfile:
             bucket[1] += amount
         if self.last_purchase_at is None or at_ms > self.last_purchase_at:
             self.last_purchase_at = at_ms
-        self._prune(max(self.days) - horizon_days - 1)
+        self._prune(max(self.days) - 2 * horizon_days - 1)
 
     def rfm(self, at_ms: int, horizon_days: int) -> Rfm:
         """RFM as of the start of ``at_ms``'s UTC day: purchases on the ``horizon_days`` complete days before it.

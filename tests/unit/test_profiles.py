@@ -121,12 +121,23 @@ def test_pruning_bounds_the_number_of_day_buckets() -> None:
     profile = CustomerProfile()
     for day in range(400):
         profile.add_purchase(NOW + day * DAY, Decimal("1"), HORIZON)
-        assert len(profile.days) <= HORIZON + 1  # the horizon, plus the newest day itself
+        assert len(profile.days) <= 2 * HORIZON + 1  # two horizons (see below), plus the newest day itself
     # Pruning keeps everything a query on the newest day or later still needs.
     for query_day, recency in ((399, 1), (400, 1), (420, 21)):
         rfm = profile.rfm(NOW + query_day * DAY, HORIZON)
         expected = min(90, 400 - (query_day - 90))
         assert (rfm.frequency, rfm.monetary, rfm.recency_days) == (expected, Decimal(expected), recency)
+
+
+def test_an_answer_gets_the_same_rfm_when_later_purchases_were_applied_first() -> None:
+    # The worker reads purchases and answers side by side: a purchase made after an answer may be applied before
+    # it. Answer day 0 needs days -90..-1; a purchase on day 60 must not prune day -90 away.
+    history = [("7", NOW - 90 * DAY), ("3", NOW - 10 * DAY)]
+    in_order = profile_with(*history).rfm(NOW, HORIZON)
+    for lead_days in (1, 30, HORIZON):
+        ahead = profile_with(*history, ("500", NOW + lead_days * DAY))
+        assert ahead.rfm(NOW, HORIZON) == in_order
+    assert (in_order.frequency, in_order.monetary) == (2, Decimal("10"))
 
 
 def test_out_of_order_old_purchase_is_pruned() -> None:
