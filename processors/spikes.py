@@ -228,7 +228,11 @@ def pack_rows(rows: Sequence[Sequence[int]]) -> tuple[int, array]:
     return base, array("i" if fits else "q", flat)
 
 
-@dataclass(slots=True)
+NO_CUSUMS = [[0.0, 0, 0], [0.0, 0, 0]]  # what a segment's untouched CUSUMs store
+NO_EVIDENCE = [[None, 0, 0, 0, 0.0, 0.0, {}], [None, 0, 0, 0, 0.0, 0.0, {}]]  # and their untouched evidence
+
+
+@dataclass(slots=True, eq=False)
 class SpikeState:
     """One segment's detector: baseline, CUSUMs with their evidence since onset, recent slices, open alert.
 
@@ -237,14 +241,39 @@ class SpikeState:
     milliseconds after ``row_base``), where the promoters field is NOT_PENDING for a slice the baseline will not
     learn (learnt, or claimed by an alert). A row that does not fit moves ``row_base`` to the oldest row kept,
     or widens the array to int64. It is stored as the two lists it replaced: the rows (start, answers,
-    detractors) and the pending rows."""
+    detractors) and the pending rows.
+
+    The CUSUMs and their evidence exist only once the detector first reads them (``cusums``, ``evidence``):
+    a segment below ``min_history`` never does, and most segments of a large fleet are (the leaves of the
+    memory bench stay below it all day); untouched, they store as they did and load back as untouched."""
 
     baseline: HourlyBaseline = field(default_factory=HourlyBaseline)
-    cusums: list[BernoulliCusum] = field(default_factory=lambda: [BernoulliCusum(), BernoulliCusum()])
-    evidence: list[Evidence] = field(default_factory=lambda: [Evidence(), Evidence()])
+    _cusums: list[BernoulliCusum] | None = None
+    _evidence: list[Evidence] | None = None
     rows: array = field(default_factory=lambda: array("i"))
     alert: OpenAlert | None = None
     row_base: int = 0  # epoch ms that the starts in ``rows`` count from
+
+    @property
+    def cusums(self) -> list[BernoulliCusum]:
+        """The two CUSUMs (created on first use)."""
+        if self._cusums is None:
+            self._cusums = [BernoulliCusum(), BernoulliCusum()]
+        return self._cusums
+
+    @property
+    def evidence(self) -> list[Evidence]:
+        """Each CUSUM's evidence since its onset (created on first use)."""
+        if self._evidence is None:
+            self._evidence = [Evidence(), Evidence()]
+        return self._evidence
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpikeState):
+            return NotImplemented
+        return self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def row_list(self) -> list[list[int]]:
         """The rows as [start (epoch ms), answers, detractors, promoters or NOT_PENDING], in time order."""
@@ -273,8 +302,12 @@ class SpikeState:
         rows = self.row_list()
         recent = [row[:3] for row in rows]
         pending = [row for row in rows if row[3] != NOT_PENDING]
-        return [self.baseline.to_list(), [c.to_list() for c in self.cusums], [e.to_list() for e in self.evidence],
-                recent, self.alert.to_list() if self.alert else None, pending]
+        cusums = ([list(c) for c in NO_CUSUMS] if self._cusums is None  # copies: the caller may change them
+                  else [c.to_list() for c in self._cusums])
+        evidence = ([[*e[:6], {}] for e in NO_EVIDENCE] if self._evidence is None
+                    else [e.to_list() for e in self._evidence])
+        return [self.baseline.to_list(), cusums, evidence, recent, self.alert.to_list() if self.alert else None,
+                pending]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> SpikeState:
@@ -290,9 +323,10 @@ class SpikeState:
                 raise ValueError(f"a pending detector row needs {ROW_FIELDS} values, got {len(row)}")
             merged[int(row[0])] = [int(x) for x in row]
         base, values = pack_rows([merged[start] for start in sorted(merged)])
-        return cls(HourlyBaseline.from_list(baseline), [BernoulliCusum.from_list(c) for c in cusums],
-                   [Evidence.from_list(e) for e in evidence], values, OpenAlert.from_list(alert) if alert else None,
-                   base)
+        return cls(HourlyBaseline.from_list(baseline),
+                   None if cusums == NO_CUSUMS else [BernoulliCusum.from_list(c) for c in cusums],
+                   None if evidence == NO_EVIDENCE else [Evidence.from_list(e) for e in evidence], values,
+                   OpenAlert.from_list(alert) if alert else None, base)
 
     def learn_until(self, before: int, settings: BaselineSettings) -> None:
         """Move the pending slices that start before ``before`` into the baseline, oldest first."""

@@ -76,7 +76,10 @@ def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) ->
             row[1] += detractor
 
 
-DRIVER_UNIT = 1 << 32  # a driver value's [answers, detractors] in an open slice: answers * DRIVER_UNIT + detractors
+# a driver value's [answers, detractors] in an open slice: detractors * DRIVER_UNIT + answers (no detractor: a small
+# int, a shared object up to 256 answers)
+DRIVER_UNIT = 1 << 32
+ANSWERS_MASK = DRIVER_UNIT - 1
 
 
 class Slice:
@@ -85,7 +88,7 @@ class Slice:
 
     Packed, as a segment keeps about three open slices at a time: the counts are plain int fields (no
     :class:`NpsCounts` object), the refs list exists only once there is a ref, and the breakdown is a dict of
-    one int per driver value (``answers * DRIVER_UNIT + detractors``) where it was a list ``[answers,
+    one int per driver value (``detractors * DRIVER_UNIT + answers``) where it was a list ``[answers,
     detractors]`` each (about 90 bytes a value, most of an open slice). ``counts`` and ``breakdown`` build the
     usual objects when asked (once per closed slice)."""
 
@@ -123,19 +126,19 @@ class Slice:
         drivers = self.drivers
         if drivers is None:
             return {}
-        return {key: list(divmod(packed, DRIVER_UNIT)) for key, packed in drivers.items()}
+        return {key: [packed & ANSWERS_MASK, packed >> 32] for key, packed in drivers.items()}
 
     def add(self, score: int, ref: AnswerRef | None, drivers: tuple[str, ...]) -> None:
         """Count one answer (validated, 0-10 score) with its ref and driver values."""
         if score <= 6:  # a detractor, as in ``classify``
             self.detractors += 1
-            unit = DRIVER_UNIT + 1
+            unit = DRIVER_UNIT + 1  # an answer and a detractor
         else:
             if score <= 8:
                 self.passives += 1
             else:
                 self.promoters += 1
-            unit = DRIVER_UNIT
+            unit = 1
         if ref is not None:
             if self.refs is None:
                 self.refs = [ref]
@@ -169,7 +172,7 @@ class Slice:
             mine = self.drivers = {}
         get = mine.get
         for key, (n, d) in breakdown.items():
-            mine[key] = get(key, 0) + n * DRIVER_UNIT + d
+            mine[key] = get(key, 0) + d * DRIVER_UNIT + n
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Slice):

@@ -238,3 +238,19 @@ def test_closed_columns_widen_rebase_and_keep_refs_apart() -> None:
     assert loaded.closed_slices() == windows.closed_slices() and loaded.to_dict() == windows.to_dict()
     windows.forget_closed()
     assert windows.closed_slices() == [] and windows.closed_ref_origin == 0 and not windows.closed_ref_data
+
+
+def test_untouched_cusums_and_evidence_are_not_built_and_store_as_before() -> None:
+    state = SpikeState()
+    state.baseline.update(T0, 5, 1, BaselineSettings())
+    stored = orjson.loads(orjson.dumps(state.to_list()))
+    assert state._cusums is None and state._evidence is None
+    assert stored[1] == [[0.0, 0, 0], [0.0, 0, 0]] and stored[2] == [Evidence().to_list(), Evidence().to_list()]
+    loaded = SpikeState.from_list(stored)
+    assert loaded._cusums is None and loaded._evidence is None and loaded == state
+    assert [c.s for c in loaded.cusums] == [0.0, 0.0] and loaded.evidence[1].since is None  # built when read
+    assert loaded == state and loaded.to_list() == stored
+    loaded.cusums[0].update_slice(3, 5, 0.2, 0.3)
+    assert loaded != state
+    again = SpikeState.from_list(orjson.loads(orjson.dumps(loaded.to_list())))
+    assert again._cusums is not None and again == loaded
