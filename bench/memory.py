@@ -179,7 +179,8 @@ def components(stage: SegmentStage, sample: Iterable[str]) -> Counter[str]:
         windows, spikes = state.windows, state.spikes
         out["windows: closed slices (count columns)"] += (deep_size(windows.closed_starts, seen)
                                                           + deep_size(windows.closed_counts, seen))
-        out["windows: closed answer refs"] += deep_size(windows.closed_refs, seen)
+        out["windows: closed answer refs"] += (deep_size(windows.closed_ref_data, seen)
+                                               + deep_size(windows.closed_ref_ends, seen))
         for piece in windows.open.values():
             out["windows: open slices (incl. breakdown)"] += deep_size(piece, seen)
         out["windows: containers"] += deep_size(windows, seen)

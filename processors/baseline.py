@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from processors.cusum import MAX_DISPERSION
@@ -85,24 +86,96 @@ def clamp_share(q: float) -> float:
     return min(max(q, MIN_SHARE), MAX_SHARE)
 
 
-@dataclass(slots=True)
+# HourlyBaseline.values: one float64 array for the whole baseline (exact for the integers it holds, < 2^53)
+N_AT, D_AT, P_AT = 0, HOURS, 2 * HOURS  # decayed answers, detractors, promoters per UTC hour
+DISPERSION_AT = 3 * HOURS  # the overdispersion sums A, B, V
+WINDOW_AT = DISPERSION_AT + 3  # the open window: start (NaN: none), answers, detractors, hour share, hour answers
+SUMS_AT = WINDOW_AT + 5  # sum N, D, P over the hours (NaN: not computed since the last update)
+FIRST_AT = SUMS_AT + 3  # first and latest slice fed (NaN: none)
+LAST_AT = FIRST_AT + 1
+VALUES = LAST_AT + 1
+NAN = math.nan
+
+
 class HourlyBaseline:
     """Decayed answer, detractor and promoter counts per UTC hour, and the first and latest slice fed (epoch ms).
 
     Promoters only feed the baseline NPS that alerts report; detection uses answers and detractors. ``window``
     is the open five-minute window [start, answers, detractors, hour share before it, hour answers before it]
     and ``dispersion`` the decayed sums [A, B, V] of the overdispersion estimate (module docstring).
+
+    All of it is one float64 array (``values``, layout ``*_AT`` above), about 750 bytes: three arrays of hourly
+    counts, the window's and the dispersion's lists, the cached sums and the timestamps' int objects took about
+    1,500. ``n``, ``d``, ``p`` (copies), ``window``, ``dispersion``, ``first_ms`` and ``last_ms`` read it as before.
     """
 
-    # per UTC hour, float64 arrays: 216 bytes each where a list of float objects took up to 800
-    n: array = field(default_factory=lambda: zeros(HOURS))
-    d: array = field(default_factory=lambda: zeros(HOURS))
-    first_ms: int | None = None
-    last_ms: int | None = None
-    p: array = field(default_factory=lambda: zeros(HOURS))
-    window: list[float] | None = None
-    dispersion: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    _sums: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)  # sum n, d, p
+    __slots__ = ("values",)
+
+    def __init__(self, n: Sequence[float] | None = None, d: Sequence[float] | None = None,
+                 first_ms: int | None = None, last_ms: int | None = None, p: Sequence[float] | None = None,
+                 window: Sequence[float] | None = None, dispersion: Sequence[float] | None = None) -> None:
+        values = self.values = zeros(VALUES)
+        for at, counts in ((N_AT, n), (D_AT, d), (P_AT, p)):
+            if counts is not None:
+                values[at:at + HOURS] = array("d", counts)
+        if dispersion is not None:
+            values[DISPERSION_AT:DISPERSION_AT + 3] = array("d", dispersion)
+        values[WINDOW_AT] = NAN if window is None else window[0]
+        if window is not None:
+            values[WINDOW_AT + 1:WINDOW_AT + 5] = array("d", window[1:5])
+        values[SUMS_AT] = NAN
+        values[FIRST_AT] = NAN if first_ms is None else first_ms
+        values[LAST_AT] = NAN if last_ms is None else last_ms
+
+    @property
+    def n(self) -> array:
+        """Decayed answers per UTC hour (a copy)."""
+        return self.values[N_AT:N_AT + HOURS]
+
+    @property
+    def d(self) -> array:
+        """Decayed detractors per UTC hour (a copy)."""
+        return self.values[D_AT:D_AT + HOURS]
+
+    @property
+    def p(self) -> array:
+        """Decayed promoters per UTC hour (a copy)."""
+        return self.values[P_AT:P_AT + HOURS]
+
+    @property
+    def first_ms(self) -> int | None:
+        value = self.values[FIRST_AT]
+        return None if value != value else int(value)
+
+    @property
+    def last_ms(self) -> int | None:
+        value = self.values[LAST_AT]
+        return None if value != value else int(value)
+
+    @property
+    def window(self) -> list[float] | None:
+        """The open five-minute window [start, answers, detractors, hour share, hour answers], None if none."""
+        values = self.values
+        start = values[WINDOW_AT]
+        if start != start:
+            return None
+        return [int(start), int(values[WINDOW_AT + 1]), int(values[WINDOW_AT + 2]), values[WINDOW_AT + 3],
+                values[WINDOW_AT + 4]]
+
+    @property
+    def dispersion(self) -> list[float]:
+        """The decayed overdispersion sums [A, B, V]."""
+        return self.values[DISPERSION_AT:DISPERSION_AT + 3].tolist()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HourlyBaseline):
+            return NotImplemented
+        return self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HourlyBaseline{tuple(self.to_list())!r}"
 
     def update(self, slice_start_ms: int, n: int, d: int, settings: BaselineSettings = DEFAULT_BASELINE,
                promoters: int = 0) -> None:
@@ -110,61 +183,71 @@ class HourlyBaseline:
         them (slices in time order)."""
         if n < 0 or not 0 <= d <= n or not 0 <= promoters <= n - d:
             raise ValueError(f"need 0 <= detractors + promoters <= answers, got {d} + {promoters} of {n}")
+        values = self.values
         window_start = slice_start_ms - slice_start_ms % WINDOW_MS
-        if self.last_ms is None:
-            self.first_ms = slice_start_ms
+        last = values[LAST_AT]
+        if last != last:
+            values[FIRST_AT] = slice_start_ms
         else:
-            if slice_start_ms < self.last_ms:
-                raise ValueError(f"slice at {slice_start_ms} is older than the latest one at {self.last_ms}")
-            if self.window is not None and self.window[0] != window_start:
+            last_ms = int(last)
+            if slice_start_ms < last_ms:
+                raise ValueError(f"slice at {slice_start_ms} is older than the latest one at {last_ms}")
+            open_start = values[WINDOW_AT]
+            if open_start == open_start and open_start != window_start:
                 self._close_window()
-            days = slice_start_ms // DAY_MS - self.last_ms // DAY_MS
+            days = slice_start_ms // DAY_MS - last_ms // DAY_MS
             if days:
                 factor = settings.decay**days
-                for counts in (self.n, self.d, self.p):
-                    for hour in range(HOURS):
-                        counts[hour] *= factor
-                a, b, v = self.dispersion
-                self.dispersion = [a * factor, b * factor, v * (factor * factor)]
-        self._sums = None
+                for at in range(3 * HOURS):
+                    values[at] *= factor
+                values[DISPERSION_AT] *= factor
+                values[DISPERSION_AT + 1] *= factor
+                values[DISPERSION_AT + 2] *= factor * factor
+        values[SUMS_AT] = NAN
         hour = hour_of(slice_start_ms)
-        if self.window is None:
-            self.window = [window_start, 0, 0, self.d[hour] / self.n[hour] if self.n[hour] > 0.0 else -1.0,
-                           self.n[hour]]
-        self.window[1] += n
-        self.window[2] += d
-        self.n[hour] += n
-        self.d[hour] += d
-        self.p[hour] += promoters
-        self.last_ms = slice_start_ms
+        if values[WINDOW_AT] != values[WINDOW_AT]:  # no open window: open one
+            hour_n = values[N_AT + hour]
+            values[WINDOW_AT] = window_start
+            values[WINDOW_AT + 1] = values[WINDOW_AT + 2] = 0.0
+            values[WINDOW_AT + 3] = values[D_AT + hour] / hour_n if hour_n > 0.0 else -1.0
+            values[WINDOW_AT + 4] = hour_n
+        values[WINDOW_AT + 1] += n
+        values[WINDOW_AT + 2] += d
+        values[N_AT + hour] += n
+        values[D_AT + hour] += d
+        values[P_AT + hour] += promoters
+        values[LAST_AT] = slice_start_ms
 
     def _close_window(self) -> None:
         """Add the open window's terms to the overdispersion sums (module docstring) and close it."""
-        assert self.window is not None
-        _, n, d, q, hour_n = self.window
-        self.window = None
+        values = self.values
+        n, d = int(values[WINDOW_AT + 1]), int(values[WINDOW_AT + 2])
+        q, hour_n = values[WINDOW_AT + 3], values[WINDOW_AT + 4]
+        values[WINDOW_AT] = NAN
         v = q * (1.0 - q)
         if n < 2 or not v > 0.0:
             return
         dev = d - n * q
-        a, b, var = self.dispersion
-        a += dev * dev - n * v - n * n * v / hour_n
-        b += n * (n - 1) * v
-        var += n * v + (2 * n * n - 6 * n) * (v * v)
-        self.dispersion = [a, b, var]
+        values[DISPERSION_AT] += dev * dev - n * v - n * n * v / hour_n
+        values[DISPERSION_AT + 1] += n * (n - 1) * v
+        values[DISPERSION_AT + 2] += n * v + (2 * n * n - 6 * n) * (v * v)
 
     def rho(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
         """The shrunk between-window dispersion rho = 1/(kappa + 1) of the detractor share (0: none), <= 0.2."""
-        a, b, v = self.dispersion
+        values = self.values
+        a, b, v = values[DISPERSION_AT], values[DISPERSION_AT + 1], values[DISPERSION_AT + 2]
         if not b > 0.0:
             return 0.0
         return min(max(0.0, a - settings.dispersion_z * math.sqrt(v)) / b, MAX_DISPERSION)
 
     def sums(self) -> tuple[float, float, float]:
         """(sum N, sum D, sum P) over all hours, kept until the next update."""
-        if self._sums is None:
-            self._sums = (sum(self.n), sum(self.d), sum(self.p))
-        return self._sums
+        values = self.values
+        if values[SUMS_AT] != values[SUMS_AT]:
+            values[SUMS_AT] = sum(values[N_AT:N_AT + HOURS])
+            values[SUMS_AT + 1] = sum(values[D_AT:D_AT + HOURS])
+            values[SUMS_AT + 2] = sum(values[P_AT:P_AT + HOURS])
+        return values[SUMS_AT], values[SUMS_AT + 1], values[SUMS_AT + 2]
 
     @property
     def history(self) -> float:
@@ -194,7 +277,8 @@ class HourlyBaseline:
         history, detractors, promoter_total = self.sums()
         if history < settings.min_history:
             return parent
-        counts = self.p if promoters else self.d
+        values = self.values
+        count = values[(P_AT if promoters else D_AT) + hour]
         total = promoter_total if promoters else detractors
         m = settings.shrinkage
         if parent is None:  # a root: its own level, no profile
@@ -205,13 +289,14 @@ class HourlyBaseline:
             parent_hour, parent_level = parent
             level = (total + m * parent_level) / (history + m)
             prior = level * parent_hour / parent_level if parent_level > 0.0 else level
-        return (counts[hour] + m * prior) / (self.n[hour] + m), level
+        return (count + m * prior) / (values[N_AT + hour] + m), level
 
     def days_covered(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
         """Days from the first slice's start to the latest slice's end, each day weighted like its counts."""
-        if self.first_ms is None or self.last_ms is None:
+        first_ms, last_ms = self.first_ms, self.last_ms
+        if first_ms is None or last_ms is None:
             return 0.0
-        return covered_days(self.first_ms, self.last_ms, settings.decay)
+        return covered_days(first_ms, last_ms, settings.decay)
 
     def traffic_per_window(self, settings: BaselineSettings = DEFAULT_BASELINE) -> float:
         """Answers per five-minute window, r = sum N / (288 x decayed days covered); 0 without data."""
@@ -219,8 +304,8 @@ class HourlyBaseline:
         return self.history / (days * WINDOWS_PER_DAY) if days > 0.0 else 0.0
 
     def to_list(self) -> list[Any]:
-        return [list(self.n), list(self.d), self.first_ms, self.last_ms, list(self.p),
-                None if self.window is None else list(self.window), list(self.dispersion)]
+        return [self.n.tolist(), self.d.tolist(), self.first_ms, self.last_ms, self.p.tolist(), self.window,
+                self.dispersion]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> HourlyBaseline:
@@ -232,8 +317,8 @@ class HourlyBaseline:
         dispersion = data[6] if len(data) > 6 else [0.0, 0.0, 0.0]
         if window is not None:
             window = [int(window[0]), int(window[1]), int(window[2]), float(window[3]), float(window[4])]
-        return cls(array("d", [float(x) for x in n]), array("d", [float(x) for x in d]), first_ms, last_ms,
-                   array("d", [float(x) for x in p]), window, [float(x) for x in dispersion])
+        return cls([float(x) for x in n], [float(x) for x in d], first_ms, last_ms, [float(x) for x in p], window,
+                   [float(x) for x in dispersion])
 
 
 def zeros(size: int) -> array:

@@ -74,20 +74,55 @@ class DetectionSettings:
     max_drivers: int = 3
 
 
-@dataclass(slots=True)
 class Evidence:
     """Counts over the slices from an onset on: answers, detractors, promoters and their baseline expectations,
     per driver value ``"dimension=value"`` [answers, detractors, expected detractors], and how many of the
-    answers were segmented without customer attributes."""
+    answers were segmented without customer attributes.
 
-    since: int | None = None
-    responses: int = 0
-    detractors: int = 0
-    promoters: int = 0
-    expected_detractors: float = 0.0
-    expected_promoters: float = 0.0
-    values: dict[str, list[float]] = field(default_factory=dict)
-    without_attributes: int = 0
+    The per-value counts are one float64 array of three values a driver value (``rows``, exact for counts
+    below 2^53) and a dict of each value's row number (``keys``, small ints: shared objects), both ``None``
+    until a value comes; a list of three numbers per value took about 150 bytes more. ``values`` builds the
+    ``{key: [answers, detractors, expected]}`` dict, as stored."""
+
+    __slots__ = ("detractors", "expected_detractors", "expected_promoters", "keys", "promoters", "responses",
+                 "rows", "since", "without_attributes")
+
+    def __init__(self, since: int | None = None, responses: int = 0, detractors: int = 0, promoters: int = 0,
+                 expected_detractors: float = 0.0, expected_promoters: float = 0.0,
+                 values: Mapping[str, Sequence[float]] | None = None, without_attributes: int = 0) -> None:
+        self.since = since
+        self.responses = responses
+        self.detractors = detractors
+        self.promoters = promoters
+        self.expected_detractors = expected_detractors
+        self.expected_promoters = expected_promoters
+        self.keys: dict[str, int] | None = None
+        self.rows: array | None = None
+        if values:
+            self.values = values  # type: ignore[assignment]
+        self.without_attributes = without_attributes
+
+    @property
+    def values(self) -> dict[str, list[Any]]:
+        """Per driver value [answers, detractors, expected detractors], in the order values came."""
+        keys, rows = self.keys, self.rows
+        if keys is None or rows is None:
+            return {}
+        out: dict[str, list[Any]] = {}
+        for key, row in keys.items():
+            at = 3 * row
+            out[key] = [int(rows[at]), int(rows[at + 1]), rows[at + 2]]
+        return out
+
+    @values.setter
+    def values(self, values: Mapping[str, Sequence[float]]) -> None:
+        if not values:
+            self.keys = self.rows = None
+            return
+        self.keys = {key: row for row, key in enumerate(values)}
+        rows = self.rows = array("d")
+        for n, d, expected in values.values():
+            rows.extend((float(n), float(d), float(expected)))
 
     def add(self, start: int, counts: NpsCounts, breakdown: Mapping[str, Sequence[int]], q0: float, p0: float,
             without_attributes: int = 0) -> None:
@@ -100,21 +135,41 @@ class Evidence:
         self.promoters += counts.promoters
         self.expected_detractors += n * q0
         self.expected_promoters += n * p0
-        values = self.values
+        if not breakdown:
+            return
+        keys, rows = self.keys, self.rows
+        if keys is None or rows is None:
+            keys, rows = self.keys, self.rows = {}, array("d")
         for key, (vn, vd) in breakdown.items():
-            row = values.get(key)
+            row = keys.get(key)
             if row is None:
-                if len(values) >= MAX_DRIVER_VALUES:
+                if len(keys) >= MAX_DRIVER_VALUES:
                     key = key.partition("=")[0] + "=" + OTHER_VALUE
-                row = values.setdefault(key, [0, 0, 0.0])
-            row[0] += vn
-            row[1] += vd
-            row[2] += vn * q0
+                    row = keys.get(key)
+                if row is None:
+                    row = keys[key] = len(keys)
+                    rows.extend((0.0, 0.0, 0.0))
+            at = 3 * row
+            rows[at] += vn
+            rows[at + 1] += vd
+            rows[at + 2] += vn * q0
 
     def copy(self) -> Evidence:
-        return Evidence(self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
-                        self.expected_promoters, {key: list(row) for key, row in self.values.items()},
-                        self.without_attributes)
+        twin = Evidence(self.since, self.responses, self.detractors, self.promoters, self.expected_detractors,
+                        self.expected_promoters, None, self.without_attributes)
+        if self.keys is not None and self.rows is not None:
+            twin.keys, twin.rows = dict(self.keys), array("d", self.rows)
+        return twin
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Evidence):
+            return NotImplemented
+        return self.to_list() == other.to_list() and self.without_attributes == other.without_attributes
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Evidence{tuple(self.to_list())!r}"
 
     @property
     def rise(self) -> float:
@@ -134,8 +189,7 @@ class Evidence:
     def from_list(cls, data: list[Any]) -> Evidence:
         since, n, d, p, ed, ep, values = data[:7]
         without = int(data[7]) if len(data) > 7 else 0  # state from before the count: 0
-        return cls(since, int(n), int(d), int(p), float(ed), float(ep), {k: list(v) for k, v in values.items()},
-                   without)
+        return cls(since, int(n), int(d), int(p), float(ed), float(ep), values, without)
 
 
 @dataclass(slots=True)
@@ -162,30 +216,98 @@ class OpenAlert:
 
 ROW_FIELDS = 4  # per row of SpikeState.rows: slice start, answers, detractors, promoters (NOT_PENDING: learnt)
 NOT_PENDING = -1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-@dataclass(slots=True)
+def pack_rows(rows: Sequence[Sequence[int]]) -> tuple[int, array]:
+    """(base, values) for :attr:`SpikeState.rows`: the rows' starts as offsets from the first one's, int32 when
+    every value fits (it always does with the default settings), else int64."""
+    base = int(rows[0][0]) if rows else 0
+    flat = [value for row in rows for value in (int(row[0]) - base, *map(int, row[1:]))]
+    fits = all(INT32_MIN <= value <= INT32_MAX for value in flat)
+    return base, array("i" if fits else "q", flat)
+
+
+NO_CUSUMS = [[0.0, 0, 0], [0.0, 0, 0]]  # what a segment's untouched CUSUMs store
+NO_EVIDENCE = [[None, 0, 0, 0, 0.0, 0.0, {}], [None, 0, 0, 0, 0.0, 0.0, {}]]  # and their untouched evidence
+
+
+@dataclass(slots=True, eq=False)
 class SpikeState:
     """One segment's detector: baseline, CUSUMs with their evidence since onset, recent slices, open alert.
 
     ``rows`` holds the slices of the last hour (for the resolve test) and the slices not yet learnt by the
-    baseline, each once, in time order: a flat int64 array of ROW_FIELDS values a row (32 bytes), where the
-    promoters field is NOT_PENDING for a slice the baseline will not learn (learnt, or claimed by an alert). It
-    is stored as the two lists it replaced: the rows (start, answers, detractors) and the pending rows."""
+    baseline, each once, in time order: a flat int32 array of ROW_FIELDS values a row (16 bytes; the start as
+    milliseconds after ``row_base``), where the promoters field is NOT_PENDING for a slice the baseline will not
+    learn (learnt, or claimed by an alert). A row that does not fit moves ``row_base`` to the oldest row kept,
+    or widens the array to int64. It is stored as the two lists it replaced: the rows (start, answers,
+    detractors) and the pending rows.
+
+    The CUSUMs and their evidence exist only once the detector first reads them (``cusums``, ``evidence``):
+    a segment below ``min_history`` never does, and most segments of a large fleet are (the leaves of the
+    memory bench stay below it all day); untouched, they store as they did and load back as untouched."""
 
     baseline: HourlyBaseline = field(default_factory=HourlyBaseline)
-    cusums: list[BernoulliCusum] = field(default_factory=lambda: [BernoulliCusum(), BernoulliCusum()])
-    evidence: list[Evidence] = field(default_factory=lambda: [Evidence(), Evidence()])
-    rows: array = field(default_factory=lambda: array("q"))
+    _cusums: list[BernoulliCusum] | None = None
+    _evidence: list[Evidence] | None = None
+    rows: array = field(default_factory=lambda: array("i"))
     alert: OpenAlert | None = None
+    row_base: int = 0  # epoch ms that the starts in ``rows`` count from
+
+    @property
+    def cusums(self) -> list[BernoulliCusum]:
+        """The two CUSUMs (created on first use)."""
+        if self._cusums is None:
+            self._cusums = [BernoulliCusum(), BernoulliCusum()]
+        return self._cusums
+
+    @property
+    def evidence(self) -> list[Evidence]:
+        """Each CUSUM's evidence since its onset (created on first use)."""
+        if self._evidence is None:
+            self._evidence = [Evidence(), Evidence()]
+        return self._evidence
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpikeState):
+            return NotImplemented
+        return self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def row_list(self) -> list[list[int]]:
+        """The rows as [start (epoch ms), answers, detractors, promoters or NOT_PENDING], in time order."""
+        values, base = self.rows, self.row_base
+        return [[values[i] + base, values[i + 1], values[i + 2], values[i + 3]]
+                for i in range(0, len(values), ROW_FIELDS)]
+
+    def append_row(self, start: int, n: int, d: int, promoters: int) -> None:
+        """Add the row of a slice starting at ``start`` (after every row kept)."""
+        values = self.rows
+        if not values:
+            self.row_base = start
+        offset = start - self.row_base
+        if values.typecode == "i" and not (INT32_MIN <= offset <= INT32_MAX and n <= INT32_MAX):
+            shift = values[0] if values else 0
+            if shift and INT32_MIN <= offset - shift <= INT32_MAX and n <= INT32_MAX:
+                for i in range(0, len(values), ROW_FIELDS):
+                    values[i] -= shift
+                self.row_base += shift
+                offset -= shift
+            else:
+                values = self.rows = array("q", values)
+        values.extend((offset, n, d, promoters))
 
     def to_list(self) -> list[Any]:
-        values = self.rows
-        recent = [values[i:i + 3].tolist() for i in range(0, len(values), ROW_FIELDS)]
-        pending = [values[i:i + ROW_FIELDS].tolist() for i in range(0, len(values), ROW_FIELDS)
-                   if values[i + 3] != NOT_PENDING]
-        return [self.baseline.to_list(), [c.to_list() for c in self.cusums], [e.to_list() for e in self.evidence],
-                recent, self.alert.to_list() if self.alert else None, pending]
+        rows = self.row_list()
+        recent = [row[:3] for row in rows]
+        pending = [row for row in rows if row[3] != NOT_PENDING]
+        cusums = ([list(c) for c in NO_CUSUMS] if self._cusums is None  # copies: the caller may change them
+                  else [c.to_list() for c in self._cusums])
+        evidence = ([[*e[:6], {}] for e in NO_EVIDENCE] if self._evidence is None
+                    else [e.to_list() for e in self._evidence])
+        return [self.baseline.to_list(), cusums, evidence, recent, self.alert.to_list() if self.alert else None,
+                pending]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> SpikeState:
@@ -200,25 +322,28 @@ class SpikeState:
             if len(row) != ROW_FIELDS:
                 raise ValueError(f"a pending detector row needs {ROW_FIELDS} values, got {len(row)}")
             merged[int(row[0])] = [int(x) for x in row]
-        values = array("q")
-        for start in sorted(merged):
-            values.extend(merged[start])
-        return cls(HourlyBaseline.from_list(baseline), [BernoulliCusum.from_list(c) for c in cusums],
-                   [Evidence.from_list(e) for e in evidence], values, OpenAlert.from_list(alert) if alert else None)
+        base, values = pack_rows([merged[start] for start in sorted(merged)])
+        return cls(HourlyBaseline.from_list(baseline),
+                   None if cusums == NO_CUSUMS else [BernoulliCusum.from_list(c) for c in cusums],
+                   None if evidence == NO_EVIDENCE else [Evidence.from_list(e) for e in evidence], values,
+                   OpenAlert.from_list(alert) if alert else None, base)
 
     def learn_until(self, before: int, settings: BaselineSettings) -> None:
         """Move the pending slices that start before ``before`` into the baseline, oldest first."""
-        values = self.rows
+        values, base = self.rows, self.row_base
+        before -= base
         for i in range(0, len(values), ROW_FIELDS):
             if values[i] >= before:
                 break
             if values[i + 3] != NOT_PENDING:
-                self.baseline.update(values[i], values[i + 1], values[i + 2], settings, promoters=values[i + 3])
+                self.baseline.update(values[i] + base, values[i + 1], values[i + 2], settings,
+                                     promoters=values[i + 3])
                 values[i + 3] = NOT_PENDING
 
     def forget_before(self, window_start: int) -> None:
         """Drop the rows before ``window_start`` that are no longer pending, from the front."""
         values = self.rows
+        window_start -= self.row_base
         stale = 0
         while stale < len(values) and values[stale] < window_start and values[stale + 3] == NOT_PENDING:
             stale += ROW_FIELDS
@@ -228,6 +353,7 @@ class SpikeState:
     def recent_counts(self, window_start: int) -> tuple[int, int]:
         """(answers, detractors) of the rows from ``window_start`` on."""
         values = self.rows
+        window_start -= self.row_base
         n = d = 0
         for i in range(len(values) - ROW_FIELDS, -1, -ROW_FIELDS):
             if values[i] < window_start:
@@ -302,7 +428,7 @@ class SpikeDetector:
         window_start = start - settings.resolve_window_ms + MINUTE_MS
         state.learn_until(start - settings.baseline_delay_ms, settings.baseline)
         state.forget_before(window_start)
-        state.rows.extend((start, n, d, NOT_PENDING))
+        state.append_row(start, n, d, NOT_PENDING)
         q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
         warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
         designs = None if warming_up else self.designs(state, q0)
@@ -335,8 +461,9 @@ class SpikeDetector:
         evidence = state.evidence[design].copy()
         if evidence.since is not None:  # the incident began before it was detected: keep it out of the baseline
             values = state.rows  # in time order: the rows from the onset on are no longer pending
+            since = evidence.since - state.row_base
             for i in range(len(values) - ROW_FIELDS, -1, -ROW_FIELDS):
-                if values[i] < evidence.since:
+                if values[i] < since:
                     break
                 values[i + 3] = NOT_PENDING
         sev1 = design == len(self.settings.shifts) - 1 or evidence.rise >= self.settings.sev1_rise

@@ -17,13 +17,12 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from processors.nps import NpsCounts
-from processors.packed import dumps_kept
 from processors.timeparse import MINUTE_MS
 
 # (event_id, customer_id, score, tier, value in cents): what in-spike campaigns and an alert's revenue at risk
@@ -77,29 +76,118 @@ def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) ->
             row[1] += detractor
 
 
-@dataclass(slots=True)
+# a driver value's [answers, detractors] in an open slice: detractors * DRIVER_UNIT + answers (no detractor: a small
+# int, a shared object up to 256 answers)
+DRIVER_UNIT = 1 << 32
+ANSWERS_MASK = DRIVER_UNIT - 1
+
+
 class Slice:
     """One open slice's counts, kept answer refs and driver breakdown. Once closed, a segment keeps only its
-    counts and refs, as columns (:class:`SegmentWindows`)."""
+    counts and refs, as columns (:class:`SegmentWindows`).
 
-    counts: NpsCounts = field(default_factory=NpsCounts)
-    answers: list[AnswerRef] = field(default_factory=list)
-    breakdown: Breakdown = field(default_factory=dict)
-    # of ``counts``, the answers segmented without the customer's stored attributes (their store was unreachable)
-    without_attributes: int = 0
+    Packed, as a segment keeps about three open slices at a time: the counts are plain int fields (no
+    :class:`NpsCounts` object), the refs list exists only once there is a ref, and the breakdown is a dict of
+    one int per driver value (``detractors * DRIVER_UNIT + answers``) where it was a list ``[answers,
+    detractors]`` each (about 90 bytes a value, most of an open slice). ``counts`` and ``breakdown`` build the
+    usual objects when asked (once per closed slice)."""
+
+    __slots__ = ("detractors", "drivers", "passives", "promoters", "refs", "without_attributes")
+
+    def __init__(self, counts: NpsCounts | None = None, answers: Sequence[AnswerRef] | None = None,
+                 breakdown: Breakdown | None = None, without_attributes: int = 0) -> None:
+        if counts is None:
+            self.detractors = self.passives = self.promoters = 0
+        else:
+            self.detractors, self.passives, self.promoters = counts.detractors, counts.passives, counts.promoters
+        self.refs: list[AnswerRef] | None = list(answers) if answers else None
+        self.drivers: dict[str, int] | None = None
+        if breakdown:
+            self.merge_breakdown(breakdown)
+        self.without_attributes = without_attributes
+
+    @property
+    def counts(self) -> NpsCounts:
+        return NpsCounts(self.detractors, self.passives, self.promoters)
+
+    @property
+    def total(self) -> int:
+        return self.detractors + self.passives + self.promoters
+
+    @property
+    def answers(self) -> list[AnswerRef]:
+        """The kept answer refs (a new empty list without any)."""
+        refs = self.refs
+        return [] if refs is None else refs
+
+    @property
+    def breakdown(self) -> Breakdown:
+        """The driver breakdown as ``{"dimension=value": [answers, detractors]}``, in the order values came."""
+        drivers = self.drivers
+        if drivers is None:
+            return {}
+        return {key: [packed & ANSWERS_MASK, packed >> 32] for key, packed in drivers.items()}
+
+    def add(self, score: int, ref: AnswerRef | None, drivers: tuple[str, ...]) -> None:
+        """Count one answer (validated, 0-10 score) with its ref and driver values."""
+        if score <= 6:  # a detractor, as in ``classify``
+            self.detractors += 1
+            unit = DRIVER_UNIT + 1  # an answer and a detractor
+        else:
+            if score <= 8:
+                self.passives += 1
+            else:
+                self.promoters += 1
+            unit = 1
+        if ref is not None:
+            if self.refs is None:
+                self.refs = [ref]
+            else:
+                self.refs.append(ref)
+        if drivers:
+            mine = self.drivers
+            if mine is None:
+                mine = self.drivers = {}
+            get = mine.get
+            for key in drivers:
+                mine[key] = get(key, 0) + unit
+
+    def merge(self, counts: NpsCounts, refs: Sequence[AnswerRef], breakdown: Breakdown | None,
+              without_attributes: int) -> None:
+        self.detractors += counts.detractors
+        self.passives += counts.passives
+        self.promoters += counts.promoters
+        if refs:
+            if self.refs is None:
+                self.refs = list(refs)
+            else:
+                self.refs.extend(refs)
+        if breakdown:
+            self.merge_breakdown(breakdown)
+        self.without_attributes += without_attributes
 
     def merge_breakdown(self, breakdown: Breakdown) -> None:
-        mine = self.breakdown
+        mine = self.drivers
+        if mine is None:
+            mine = self.drivers = {}
+        get = mine.get
         for key, (n, d) in breakdown.items():
-            row = mine.get(key)
-            if row is None:
-                mine[key] = [n, d]
-            else:
-                row[0] += n
-                row[1] += d
+            mine[key] = get(key, 0) + d * DRIVER_UNIT + n
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Slice):
+            return NotImplemented
+        return self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Slice({self.counts!r}, {self.answers!r}, {self.breakdown!r}, "
+                f"without_attributes={self.without_attributes})")
 
     def to_list(self) -> list[Any]:
-        return slice_list(self.counts.to_list(), self.answers, self.breakdown, self.without_attributes)
+        return slice_list([self.detractors, self.passives, self.promoters], self.answers, self.breakdown,
+                          self.without_attributes)
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
@@ -141,35 +229,61 @@ class WindowResult:
 
 CLOSED_FIELDS = 4  # per closed slice in SegmentWindows.closed_counts: detractors, passives, promoters, without attributes
 NO_REFS = b""
+INT16_MAX = 2**15 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def widened(values: array, top: int) -> array:
+    """``values`` as int64 if ``top`` does not fit its type (a copy), else itself."""
+    if values.typecode != "q" and top > (INT16_MAX if values.typecode == "h" else INT32_MAX):
+        return array("q", values)
+    return values
 
 
 class SegmentWindows:
     """One segment's open slices, recently closed slices (enough for the longest window), and late count.
 
-    Closed slices are columns, 32 bytes each plus their refs: starts (``array('q')``), counts (``CLOSED_FIELDS``
-    int32 per slice) and the slice's refs as one orjson array (``b""`` without any), about 45 bytes a ref where a
-    tuple of strings took about 280; they are read only when an alert opens or a checkpoint stores the state. An
-    object per closed slice cost about 190 bytes (docs/performance.md)."""
+    Closed slices are columns, 16 bytes each plus their refs: starts (``array('i')`` of milliseconds after
+    ``closed_base``), counts (``CLOSED_FIELDS`` int16 per slice) and the end of the slice's refs in
+    ``closed_ref_data`` (``array('i')``), where each slice's refs are one orjson array (nothing without any),
+    about 45 bytes a ref where a tuple of strings took about 280; they are read only when an alert opens or a
+    checkpoint stores the state. A value that does not fit widens its column to int64 (starts first move their
+    base to the oldest slice kept). An object per closed slice cost about 190 bytes, and a ``bytes`` object per
+    slice with refs about 50 more (docs/performance.md)."""
 
-    __slots__ = ("closed_counts", "closed_refs", "closed_starts", "closed_upto", "late", "open")
+    __slots__ = ("closed_base", "closed_counts", "closed_ref_data", "closed_ref_ends", "closed_ref_origin",
+                 "closed_starts", "closed_upto", "late", "open")
 
     def __init__(self) -> None:
         self.open: dict[int, Slice] = {}
-        self.closed_starts = array("q")
-        self.closed_counts = array("i")
-        self.closed_refs: list[bytes] = []
+        self.closed_base = 0  # epoch ms that closed_starts count from
+        self.closed_starts = array("i")
+        self.closed_counts = array("h")
+        self.closed_ref_ends = array("i")  # where each slice's refs end, counted from closed_ref_origin
+        self.closed_ref_data = bytearray()
+        self.closed_ref_origin = 0  # the position of closed_ref_data[0] (pruning moves it, not the ends)
         self.closed_upto: int | None = None  # every slice starting before this is closed
         self.late = 0
+
+    @property
+    def closed_refs(self) -> list[bytes]:
+        """Each closed slice's refs as orjson bytes (``b""`` without any), in time order."""
+        return [self._refs(i) for i in range(len(self.closed_ref_ends))]
+
+    def _refs(self, i: int) -> bytes:
+        ends, origin = self.closed_ref_ends, self.closed_ref_origin
+        return bytes(self.closed_ref_data[(ends[i - 1] if i else origin) - origin:ends[i] - origin])
+
+    def _first_at_or_after(self, at: int) -> int:
+        """The index of the first closed slice starting at or after ``at``."""
+        return bisect.bisect_left(self.closed_starts, at - self.closed_base)
 
     def add(self, at_ms: int, score: int, ref: AnswerRef | None, slice_ms: int,
             drivers: tuple[str, ...] = ()) -> int | None:
         """Count one answer (with its driver values). Returns the end of a slice this call opened (to
         schedule its close), else None. Raises :class:`LateAnswer` if the answer's slice is already closed."""
         current, opened = self._open_slice(at_ms - at_ms % slice_ms, slice_ms, 1)
-        current.counts.add(score)
-        if ref is not None:
-            current.answers.append(ref)
-        count_drivers(current.breakdown, drivers, score)
+        current.add(score, ref, drivers)
         return opened
 
     def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int,
@@ -177,11 +291,7 @@ class SegmentWindows:
         """Merge a pre-aggregated slice (answers of one slice combined upstream, ``without_attributes`` of them
         segmented without customer attributes); same contract as ``add``."""
         current, opened = self._open_slice(start, slice_ms, counts.total)
-        current.counts.merge(counts)
-        current.answers.extend(refs)
-        if breakdown:
-            current.merge_breakdown(breakdown)
-        current.without_attributes += without_attributes
+        current.merge(counts, refs, breakdown, without_attributes)
         return opened
 
     def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
@@ -201,7 +311,7 @@ class SegmentWindows:
         if self.open:
             candidates.append(min(self.open) + settings.slice_ms)
         if self.closed_starts and self.closed_upto is not None:
-            newest = self.closed_starts[-1]
+            newest = self.closed_starts[-1] + self.closed_base
             for spec in settings.specs:
                 end = self.closed_upto - self.closed_upto % spec.step_ms + spec.step_ms
                 if end - spec.size_ms <= newest:  # the window still holds a closed answer
@@ -225,14 +335,15 @@ class SegmentWindows:
         newly: list[tuple[int, Slice]] = []
         for start in sorted(s for s in self.open if s < upto):
             piece = self.open.pop(start)
-            self._append_closed(start, piece.counts.to_list(), piece.answers, piece.without_attributes)
+            self._append_closed(start, [piece.detractors, piece.passives, piece.promoters], piece.answers,
+                                piece.without_attributes)
             newly.append((start, piece))
         self.closed_upto = upto
         if not self.closed_starts:
             return [], newly
         ordered: list[tuple[int, int, WindowResult]] = []
-        newest = self.closed_starts[-1]
-        oldest = self.closed_starts[0]
+        newest = self.closed_starts[-1] + self.closed_base
+        oldest = self.closed_starts[0] + self.closed_base
         for order, spec in enumerate(settings.specs):
             step = spec.step_ms
             low = oldest if previous is None else max(previous, oldest)
@@ -248,41 +359,75 @@ class SegmentWindows:
         return [result for _, _, result in ordered], newly
 
     def _append_closed(self, start: int, counts: list[int], refs: Sequence[AnswerRef], without: int) -> None:
-        self.closed_starts.append(start)
-        self.closed_counts.extend(counts)
-        self.closed_counts.append(without)
-        self.closed_refs.append(dumps_kept(refs) if refs else NO_REFS)
+        starts = self.closed_starts
+        if not starts:
+            self.closed_base = start
+        offset = start - self.closed_base
+        if starts.typecode == "i" and offset > INT32_MAX:
+            shift = starts[0]  # move the base to the oldest slice kept
+            if shift and offset - shift <= INT32_MAX:
+                for i in range(len(starts)):
+                    starts[i] -= shift
+                self.closed_base += shift
+                offset -= shift
+            else:
+                starts = self.closed_starts = array("q", starts)
+        starts.append(offset)
+        columns = self.closed_counts = widened(self.closed_counts, max(*counts, without))
+        columns.extend(counts)
+        columns.append(without)
+        data = self.closed_ref_data
+        if refs:
+            data += orjson.dumps(refs)
+        ends, origin = self.closed_ref_ends, self.closed_ref_origin
+        end = origin + len(data)
+        if ends.typecode == "i" and end > INT32_MAX and origin:  # count from the oldest refs kept
+            for i in range(len(ends)):
+                ends[i] -= origin
+            end -= origin
+            self.closed_ref_origin = 0
+        ends = self.closed_ref_ends = widened(ends, end)
+        ends.append(end)
 
     def forget_closed(self) -> None:
         """Drop the closed slices (for state that never emits windows)."""
         del self.closed_starts[:]
         del self.closed_counts[:]
-        self.closed_refs.clear()
+        del self.closed_ref_ends[:]
+        self.closed_ref_data.clear()
+        self.closed_ref_origin = 0
 
     def answers_between(self, start: int, end: int) -> list[AnswerRef]:
         """The kept answer references of closed slices in ``[start, end)``."""
-        lo = bisect.bisect_left(self.closed_starts, start)
-        hi = bisect.bisect_left(self.closed_starts, end)
+        lo = self._first_at_or_after(start)
+        hi = self._first_at_or_after(end)
         out: list[AnswerRef] = []
-        for refs in self.closed_refs[lo:hi]:
-            if refs:
-                out.extend(map(tuple, orjson.loads(refs)))
+        ends, data, origin = self.closed_ref_ends, self.closed_ref_data, self.closed_ref_origin
+        for i in range(lo, hi):
+            begin = ends[i - 1] if i else origin
+            if ends[i] > begin:
+                out.extend(map(tuple, orjson.loads(data[begin - origin:ends[i] - origin])))
         return out
 
     def _sum(self, start: int, end: int) -> tuple[NpsCounts, int]:
         """The counts of the closed slices in ``[start, end)``, and how many were without attributes."""
-        lo = bisect.bisect_left(self.closed_starts, start) * CLOSED_FIELDS
-        hi = bisect.bisect_left(self.closed_starts, end) * CLOSED_FIELDS
+        lo = self._first_at_or_after(start) * CLOSED_FIELDS
+        hi = self._first_at_or_after(end) * CLOSED_FIELDS
         columns = self.closed_counts
         return (NpsCounts(sum(columns[lo:hi:CLOSED_FIELDS]), sum(columns[lo + 1:hi:CLOSED_FIELDS]),
                           sum(columns[lo + 2:hi:CLOSED_FIELDS])), sum(columns[lo + 3:hi:CLOSED_FIELDS]))
 
     def _prune(self, keep_from: int) -> None:
-        cut = bisect.bisect_left(self.closed_starts, keep_from)
+        cut = self._first_at_or_after(keep_from)
         if cut:
             del self.closed_starts[:cut]
             del self.closed_counts[:cut * CLOSED_FIELDS]
-            del self.closed_refs[:cut]
+            ends = self.closed_ref_ends
+            kept_from = ends[cut - 1]
+            del ends[:cut]
+            if kept_from > self.closed_ref_origin:
+                del self.closed_ref_data[:kept_from - self.closed_ref_origin]
+                self.closed_ref_origin = kept_from
 
     def closed_slices(self) -> list[tuple[int, NpsCounts, tuple[AnswerRef, ...], int]]:
         """The closed slices in time order: (start, counts, refs, answers without attributes)."""
@@ -290,9 +435,10 @@ class SegmentWindows:
                 for start, counts, refs, without in self._closed_rows()]
 
     def _closed_rows(self) -> Iterator[tuple[int, list[int], list[list[Any]], int]]:
-        columns = self.closed_counts
-        for i, (start, refs) in enumerate(zip(self.closed_starts, self.closed_refs, strict=True)):
+        columns, base = self.closed_counts, self.closed_base
+        for i, offset in enumerate(self.closed_starts):
             at = i * CLOSED_FIELDS
+            start, refs = offset + base, self._refs(i)
             yield start, columns[at:at + 3].tolist(), orjson.loads(refs) if refs else [], columns[at + 3]
 
     def to_dict(self) -> dict[str, Any]:
