@@ -331,6 +331,38 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
     return combined
 
 
+class SliceAggregator:
+    """``aggregate_by_slice`` fed one answer's placement at a time (``CustomerStage.placement``), without a
+    :class:`SegmentAnswer` per segment; same aggregates, in the same order."""
+
+    __slots__ = ("combined", "slice_ms")
+
+    def __init__(self, slice_ms: int) -> None:
+        self.slice_ms = slice_ms
+        self.combined: dict[tuple[str, int], SliceAggregate] = {}
+
+    def add_answer(self, memberships: list[str], drivers: list[tuple[str, ...]], at: int, score: int,
+                   ref: AnswerRef | None) -> None:
+        combined = self.combined
+        start = at - at % self.slice_ms
+        for segment_id, segment_drivers in zip(memberships, drivers, strict=True):
+            key = (segment_id, start)
+            aggregate = combined.get(key)
+            if aggregate is None:
+                aggregate = combined[key] = SliceAggregate(NpsCounts(), [], {})
+            aggregate.counts.add(score)
+            if ref is not None:
+                aggregate.refs.append(ref)
+            count_drivers(aggregate.breakdown, segment_drivers, score)
+
+    def aggregates(self, *, without_attributes: bool = False) -> dict[tuple[str, int], SliceAggregate]:
+        """The aggregates so far (``without_attributes``: as in ``aggregate_by_slice``)."""
+        if without_attributes:
+            for aggregate in self.combined.values():
+                aggregate.without_attributes = aggregate.counts.total
+        return self.combined
+
+
 @dataclass(slots=True)
 class SliceAggregate:
     counts: NpsCounts
@@ -387,7 +419,7 @@ class Engine:
             self.late_answers += 1
             out.late.append(event)
             # Late for the windows, but still a customer's answer: answer-driven campaigns act on it.
-            self.customers.answer(event, self.customers.profiles.get(event.customer_id), out.triggers)
+            self.customers.placement(event, self.customers.profiles.get(event.customer_id), out.triggers)
         elif not self._held and self._purchases_cover(at):
             self._apply(event, out)
         else:
