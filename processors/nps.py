@@ -95,7 +95,8 @@ class NpsCounts:
         return summary.copy()
 
 
-_SUMMARIES: BoundedMemo[tuple[int, int, int], dict[str, Any]] = BoundedMemo(65_536)
+# small counts recur (most windows hold a few answers); 8192 summaries are about 3 MB
+_SUMMARIES: BoundedMemo[tuple[int, int, int], dict[str, Any]] = BoundedMemo(8192)
 
 
 def nps_standard_error(promoters: int, detractors: int, n: int) -> float:

@@ -88,9 +88,6 @@ class Segmenter:
         # (dimension values, event dimensions, tier) -> (memberships, drivers of each): few distinct combinations
         self._placements: BoundedMemo[tuple[Any, ...], tuple[list[str], list[tuple[str, ...]]]] = \
             BoundedMemo(PLACEMENT_CACHE_SIZE)
-        # (region, channel, touchpoint, tier, attribute items) -> the same placement, shared
-        self._raw_placements: BoundedMemo[tuple[Any, ...], tuple[list[str], list[tuple[str, ...]]]] = \
-            BoundedMemo(PLACEMENT_CACHE_SIZE)
 
     def dimension_values(self, answer: SurveyResponse, tier: str | None) -> dict[str, str]:
         """The value of every used dimension for this answer (missing ones left out)."""
@@ -120,12 +117,6 @@ class Segmenter:
         """The answer's memberships and, per membership, its driver values without the dimensions that segment
         fixes (never a driver of it: every answer has the same value). Computed once per distinct combination of
         values and shared, so do not mutate; the cache is cleared when it reaches PLACEMENT_CACHE_SIZE entries."""
-        # First by the answer's raw values (no band parsing on a hit), then by the dimension values they give.
-        attributes = answer.attributes
-        raw = (answer.region, answer.channel, answer.touchpoint, tier, tuple(attributes.items()) if attributes else ())
-        placement = self._raw_placements.get(raw)
-        if placement is not None:
-            return placement
         values = self.dimension_values(answer, tier)
         key = (tuple(values.items()), answer.region, answer.channel, answer.touchpoint, tier)
         placement = self._placements.get(key)
@@ -138,7 +129,7 @@ class Segmenter:
                     per_segment.append(tuple(key for key in drivers if key.partition("=")[0] not in cross)
                                        if cross else drivers)
             placement = self._placements.put(key, (memberships, per_segment))
-        return self._raw_placements.put(raw, placement)
+        return placement
 
     def driver_values(self, answer: SurveyResponse, tier: str | None, values: Mapping[str, str]) -> tuple[str, ...]:
         """``"dimension=value"`` for the answer's touchpoint, channel, region, tier and configured dimensions:
