@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from processors.config import EngineSettings
@@ -79,6 +80,15 @@ class CustomerStage:
                triggers: list[RetargetTrigger] | None = None) -> list[SegmentAnswer]:
         """The segment answers of one survey response given the customer's profile (None: no purchases);
         answer-driven triggers are appended to ``triggers``."""
+        memberships, drivers, ref = self.placement(answer, profile, triggers)
+        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, segment_drivers)
+                for segment, segment_drivers in zip(memberships, drivers, strict=True)]
+
+    def placement(self, answer: SurveyResponse, profile: CustomerProfile | None,
+                  triggers: list[RetargetTrigger] | None = None) -> tuple[list[str], list[tuple[str, ...]],
+                                                                          AnswerRef | None]:
+        """``answer`` without a tuple per segment: the memberships, each one's drivers (shared lists: do not
+        mutate) and the answer's kept ref (None: not kept)."""
         profiles = self.settings.profiles
         if profile is None:
             tier, value = profiles.no_purchase_tier, 0
@@ -89,10 +99,10 @@ class CustomerStage:
         if triggers is not None:
             triggers.extend(self.retargeter.for_answer(answer, memberships, tier))
         # Kept for in-spike campaigns, and every detractor for the revenue at risk of an alert.
-        keep = answer.score in self.retargeter.alert_scores or classify(answer.score) is Loyalty.DETRACTOR
-        ref = (answer.event_id, answer.customer_id, answer.score, tier, value) if keep else None
-        return [SegmentAnswer(segment, answer.answered_at, answer.score, ref, segment_drivers)
-                for segment, segment_drivers in zip(memberships, drivers, strict=True)]
+        score = answer.score
+        keep = score in self.retargeter.alert_scores or classify(score) is Loyalty.DETRACTOR
+        ref = (answer.event_id, answer.customer_id, score, tier, value) if keep else None
+        return memberships, drivers, ref
 
 
 @dataclass(slots=True)
@@ -131,12 +141,29 @@ class SegmentStage:
         self.last_closed: list[str] = []  # segments whose state the last ``advance`` changed
         self._due: list[tuple[int, str]] = []  # (watermark at which a slice closes, segment id)
         self._parents: dict[str, str | None] = {}
+        self._ancestors: dict[str, tuple[str, ...]] = {}
+        self._depths: dict[str, int] = {}  # minus the segment's depth: deeper segments first within a minute
 
     def add(self, item: SegmentAnswer) -> None:
         """Count one segment answer; raises LateAnswer if its slice is closed."""
         windows = self._state(item.segment_id).windows
         self._due_at(windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms, item.drivers),
                      item.segment_id)
+
+    def add_answer(self, memberships: list[str], drivers: list[tuple[str, ...]], at: int, score: int,
+                   ref: AnswerRef | None) -> None:
+        """``add`` for each membership of one answer (``CustomerStage.placement``), without a tuple per segment;
+        raises LateAnswer if its slice is closed."""
+        segments = self.segments
+        slice_ms = self.settings.windows.slice_ms
+        due = self._due
+        for segment_id, segment_drivers in zip(memberships, drivers, strict=True):
+            state = segments.get(segment_id)
+            if state is None:
+                state = segments[segment_id] = SegmentState()
+            opened = state.windows.add(at, score, ref, slice_ms, segment_drivers)
+            if opened is not None:
+                heapq.heappush(due, (opened, segment_id))
 
     def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef],
                   breakdown: Breakdown | None = None, without_attributes: int = 0) -> None:
@@ -171,42 +198,76 @@ class SegmentStage:
             self._parents[segment_id] = self.hierarchy.parent_of(segment_id)
         return self._parents[segment_id]
 
+    def _ancestors_of(self, segment_id: str) -> tuple[str, ...]:
+        """The segment's parent, its parent's parent..., nearest first (remembered)."""
+        ancestors = self._ancestors.get(segment_id)
+        if ancestors is None:
+            chain = []
+            parent = self.parent_of(segment_id)
+            while parent is not None and parent not in chain:
+                chain.append(parent)
+                parent = self.parent_of(parent)
+            ancestors = self._ancestors[segment_id] = tuple(chain)
+        return ancestors
+
+    def due(self, watermark: int) -> bool:
+        """Whether ``advance(watermark)`` would close or emit anything."""
+        return bool(self._due) and self._due[0][0] <= watermark
+
     def advance(self, watermark: int) -> Outputs:
         """Close every slice the watermark has passed; emit the final windows; detect on the closed slices."""
-        due = set()
-        while self._due and self._due[0][0] <= watermark:
-            due.add(heapq.heappop(self._due)[1])
         out = Outputs()
+        heap = self._due
+        if not heap or heap[0][0] > watermark:
+            self.last_closed = []
+            return out
+        due = set()
+        while heap and heap[0][0] <= watermark:
+            due.add(heapq.heappop(heap)[1])
         self.last_closed = sorted(due)
         closed: list[tuple[int, int, str, Slice]] = []
+        window_settings = self.settings.windows
+        depths = self._depths
+        segments, owns, emitted = self.segments, self.owns, out.windows
         for segment_id in self.last_closed:
-            state = self.segments[segment_id]
-            windows, slices = state.windows.close(watermark, segment_id, self.settings.windows)
-            if self.owns(segment_id):
-                out.windows.extend(windows)
+            state = segments[segment_id]
+            segment_windows = state.windows
+            windows, slices = segment_windows.close(watermark, segment_id, window_settings)
+            if owns(segment_id):
+                emitted.extend(windows)
             else:
-                state.windows.forget_closed()  # a replica's windows are never emitted: keep only its open slices
-            depth = -self.hierarchy.depth(segment_id)
-            closed.extend((start, depth, segment_id, piece) for start, piece in slices if piece.counts.total)
-            self._schedule(segment_id, state)
-        closed.sort(key=lambda item: item[:3])
+                segment_windows.forget_closed()  # a replica's windows are never emitted: keep only its open slices
+            depth = depths.get(segment_id)
+            if depth is None:
+                depth = depths[segment_id] = -self.hierarchy.depth(segment_id)
+            for start, piece in slices:
+                if piece.counts.total:
+                    closed.append((start, depth, segment_id, piece))
+            next_due = segment_windows.next_due(window_settings)  # ``_schedule``
+            if next_due is not None:
+                heapq.heappush(heap, (next_due, segment_id))
+        closed.sort(key=_SLICE_ORDER)
         for start, _, segment_id, piece in closed:
             self._detect(segment_id, start, piece, out)
         return out
 
     def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs) -> None:
-        state = self.segments[segment_id].spikes
+        segments = self.segments
+        state = segments[segment_id].spikes
         chain = [state]
-        parent = parent_id = self.parent_of(segment_id)
-        while parent is not None and parent in self.segments:
-            chain.append(self.segments[parent].spikes)
-            parent = self.parent_of(parent)
+        ancestors = self._ancestors_of(segment_id)
+        parent_id = ancestors[0] if ancestors else None
+        for parent in ancestors:  # up to the first ancestor this stage has no state of
+            parent_state = segments.get(parent)
+            if parent_state is None:
+                break
+            chain.append(parent_state.spikes)
         open_before = state.alert
         events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain,
                                        piece.without_attributes)
-        if not self.owns(segment_id):
-            return
-        windows = self.segments[segment_id].windows
+        if (not events and open_before is None) or not self.owns(segment_id):
+            return  # nothing to emit (the common case) or a replica
+        windows = segments[segment_id].windows
         out.alerts.extend(self._with_revenue(event, windows) for event in events)
         # In-spike campaigns act on the segment's kept answers from the onset (at most the longest window back:
         # the windows always keep that much, whatever the watermark's steps) to the slice that resolves the alert.
@@ -229,6 +290,9 @@ class SegmentStage:
         cents, customers = revenue_at_risk(windows.answers_between(since, event.at))
         return replace(event, revenue_at_risk_cents=cents, at_risk_customers=customers,
                        currency=self.settings.profiles.currency, revenue_since=since)
+
+
+_SLICE_ORDER = itemgetter(0, 1, 2)  # (start, -depth, segment id): unique per closed slice
 
 
 def revenue_at_risk(answers: Iterable[AnswerRef]) -> tuple[int, int]:
@@ -265,6 +329,38 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
         for aggregate in combined.values():
             aggregate.without_attributes = aggregate.counts.total
     return combined
+
+
+class SliceAggregator:
+    """``aggregate_by_slice`` fed one answer's placement at a time (``CustomerStage.placement``), without a
+    :class:`SegmentAnswer` per segment; same aggregates, in the same order."""
+
+    __slots__ = ("combined", "slice_ms")
+
+    def __init__(self, slice_ms: int) -> None:
+        self.slice_ms = slice_ms
+        self.combined: dict[tuple[str, int], SliceAggregate] = {}
+
+    def add_answer(self, memberships: list[str], drivers: list[tuple[str, ...]], at: int, score: int,
+                   ref: AnswerRef | None) -> None:
+        combined = self.combined
+        start = at - at % self.slice_ms
+        for segment_id, segment_drivers in zip(memberships, drivers, strict=True):
+            key = (segment_id, start)
+            aggregate = combined.get(key)
+            if aggregate is None:
+                aggregate = combined[key] = SliceAggregate(NpsCounts(), [], {})
+            aggregate.counts.add(score)
+            if ref is not None:
+                aggregate.refs.append(ref)
+            count_drivers(aggregate.breakdown, segment_drivers, score)
+
+    def aggregates(self, *, without_attributes: bool = False) -> dict[tuple[str, int], SliceAggregate]:
+        """The aggregates so far (``without_attributes``: as in ``aggregate_by_slice``)."""
+        if without_attributes:
+            for aggregate in self.combined.values():
+                aggregate.without_attributes = aggregate.counts.total
+        return self.combined
 
 
 @dataclass(slots=True)
@@ -323,14 +419,17 @@ class Engine:
             self.late_answers += 1
             out.late.append(event)
             # Late for the windows, but still a customer's answer: answer-driven campaigns act on it.
-            self.customers.answer(event, self.customers.profiles.get(event.customer_id), out.triggers)
+            self.customers.placement(event, self.customers.profiles.get(event.customer_id), out.triggers)
         elif not self._held and self._purchases_cover(at):
             self._apply(event, out)
         else:
             self._held.append(event)
         if self._held:
             self._release(out, flush=False)
-        out.extend(self.segments.advance(watermark))
+        if self.segments.due(watermark):
+            out.extend(self.segments.advance(watermark))
+        else:
+            self.segments.last_closed = []
         return out
 
     def process_all(self, events: Iterable[SurveyResponse | Purchase]) -> Outputs:
@@ -357,8 +456,9 @@ class Engine:
         return self.max_event_time is not None and self.max_event_time >= day_start + self.settings.windows.grace_ms
 
     def _apply(self, answer: SurveyResponse, out: Outputs) -> None:
-        for item in self.customers.answer(answer, self.customers.profiles.get(answer.customer_id), out.triggers):
-            self.segments.add(item)
+        memberships, drivers, ref = self.customers.placement(answer, self.customers.profiles.get(answer.customer_id),
+                                                             out.triggers)
+        self.segments.add_answer(memberships, drivers, answer.answered_at, answer.score, ref)
 
     def _release(self, out: Outputs, *, flush: bool) -> None:
         waiting = []

@@ -454,9 +454,11 @@ class RetargetTrigger:
     def id(self) -> str:
         return content_id("trigger", self.campaign_id, self.event_id)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, trigger_id: str | None = None) -> dict[str, Any]:
+        """The trigger as a record; ``trigger_id``: its ``id`` if the caller already has it."""
         out = {
-            "id": self.id, "schema_version": SCHEMA_VERSION, "type": "retarget.trigger",
+            "id": self.id if trigger_id is None else trigger_id, "schema_version": SCHEMA_VERSION,
+            "type": "retarget.trigger",
             "campaign_id": self.campaign_id, "customer_id": self.customer_id, "event_id": self.event_id,
             "score": self.score, "loyalty": self.loyalty, "segment_id": self.segment_id, "reason": self.reason,
             "channel": self.channel, "priority": self.priority, "created_at": self.created_at,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from processors.memo import BoundedMemo
+
 Z95 = 1.959963984540054
 
 
@@ -81,10 +83,20 @@ class NpsCounts:
         return cls(values[0], values[1], values[2])
 
     def summary(self) -> dict[str, Any]:
-        low, high = self.interval()
-        return {"responses": self.total, "detractors": self.detractors, "passives": self.passives,
+        """Counts, NPS and its interval (a new dict: the caller may change it; remembered per distinct counts)."""
+        key = (self.detractors, self.passives, self.promoters)
+        summary = _SUMMARIES.get(key)
+        if summary is None:
+            low, high = self.interval()
+            summary = _SUMMARIES.put(key, {
+                "responses": self.total, "detractors": self.detractors, "passives": self.passives,
                 "promoters": self.promoters, "nps": _finite(self.nps), "nps_low": _finite(low),
-                "nps_high": _finite(high)}
+                "nps_high": _finite(high)})
+        return summary.copy()
+
+
+# small counts recur (most windows hold a few answers); 8192 summaries are about 3 MB
+_SUMMARIES: BoundedMemo[tuple[int, int, int], dict[str, Any]] = BoundedMemo(8192)
 
 
 def nps_standard_error(promoters: int, detractors: int, n: int) -> float:

@@ -40,7 +40,15 @@ from faust.types import TP, EventT, Message
 from processors.config import Config
 from processors.dedup import RecentEvents
 from processors.delivery import DeliveryPolicy
-from processors.engine import CustomerStage, Outputs, SegmentStage, SegmentState, aggregate_by_slice, refuse_duplicate
+from processors.engine import (
+    CustomerStage,
+    Outputs,
+    SegmentStage,
+    SegmentState,
+    SliceAggregate,
+    SliceAggregator,
+    refuse_duplicate,
+)
 from processors.events import EventError, RetargetTrigger, SurveyResponse, TimeBounds, parse_event
 from processors.memo import BoundedMemo
 from processors.packed import dumps_kept
@@ -396,17 +404,21 @@ class Pipeline:
         triggers: list[RetargetTrigger] = []
         sent: list[Any] = []
         times: dict[int, int] = {}
+        slice_ms = self.settings.windows.slice_ms
         for run in runs:
             source = run[0].partition
-            items = []
+            aggregator = SliceAggregator(slice_ms)
             for pending in run:
                 answer = pending.answer
                 if attributes:
                     answer = enrich(answer, attributes.get(answer.customer_id))
-                items.extend(self.customer_stage.answer(answer, self._profile(answer.customer_id.encode()), triggers))
+                memberships, drivers, ref = self.customer_stage.placement(
+                    answer, self._profile(answer.customer_id.encode()), triggers)
+                aggregator.add_answer(memberships, drivers, answer.answered_at, answer.score, ref)
                 if answer.answered_at > times.get(source, -1):
                     times[source] = answer.answered_at
-            sent.extend(await self._send_slices(items, source, run[-1].event.message.offset, partial))
+            sent.extend(await self._send_slices(aggregator.aggregates(without_attributes=partial), source,
+                                                run[-1].event.message.offset))
         self.counters["surveys"] += len(answers)
         sent.extend(await self._send_triggers(triggers, partial))
         # Only after the slices are queued: a watermark marker never overtakes the data it covers.
@@ -419,13 +431,14 @@ class Pipeline:
         for pending in answers:
             pending.event.ack()
 
-    async def _send_slices(self, items: list[Any], source: int, last_offset: int, partial: bool) -> list[Any]:
+    async def _send_slices(self, aggregates: dict[tuple[str, int], SliceAggregate], source: int,
+                           last_offset: int) -> list[Any]:
         """One run's answers pre-aggregated per (segment, slice), sent as one record per slice partition (in
         parts) rather than one per slice: the segments agent decodes a few large records, not thousands. Each
         entry is ``[segment, start, counts, refs, breakdown]``, plus the number of its answers segmented without
-        customer attributes when ``partial`` (Redis unreachable): the count travels with the counts it is part of."""
+        customer attributes when that run was segmented without them (Redis unreachable): the count travels with the
+        counts it is part of."""
         by_partition: dict[int, list[list[Any]]] = {}
-        aggregates = aggregate_by_slice(items, self.settings.windows.slice_ms, without_attributes=partial)
         for (segment_id, start), aggregate in aggregates.items():
             counts = aggregate.counts.to_list()
             entry = [segment_id, start, counts, aggregate.refs, aggregate.breakdown]

@@ -64,12 +64,10 @@ class _Sinks:
 
     def __init__(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.files: dict[str, IO[bytes]] = {name: (out_dir / name).open("wb") for name in OUTPUT_FILES}
+        self.files: dict[str, IO[bytes]] = {name: (out_dir / name).open("wb", buffering=1 << 20) for name in OUTPUT_FILES}
 
     def write(self, name: str, record: dict) -> None:
-        handle = self.files[name]
-        handle.write(orjson.dumps(record))
-        handle.write(b"\n")
+        self.files[name].write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         for handle in self.files.values():
@@ -153,7 +151,7 @@ def _deliver(out: Outputs, policy: DeliveryPolicy, now_ms: int | None, sinks: _S
         result.delivery[key] = result.delivery.get(key, 0) + 1
         if not decision.sent:
             continue
-        sinks.write("triggers.jsonl", trigger.to_dict())
+        sinks.write("triggers.jsonl", trigger.to_dict(decision.trigger_id))
         result.trigger_counts[trigger.campaign_id] = result.trigger_counts.get(trigger.campaign_id, 0) + 1
         result.triggered_customers.setdefault(trigger.campaign_id, set()).add(trigger.customer_id)
 

@@ -367,3 +367,40 @@ def test_revenue_at_risk_counts_each_detractor_customer_once() -> None:
     assert revenue_at_risk(list(reversed(refs))) == revenue_at_risk(refs)
     assert revenue_at_risk([]) == (0, 0)
     assert [to_cents(Decimal(x)) for x in ("0", "19.99", "0.005", "1234.5")] == [0, 1999, 1, 123_450]
+
+
+def test_placement_paths_equal_the_segment_answer_paths(settings: EngineSettings) -> None:
+    """``SegmentStage.add_answer`` and ``SliceAggregator`` (no tuple per segment) give what ``add`` of each
+    ``CustomerStage.answer`` item and ``aggregate_by_slice`` give, in the same order."""
+    from processors.engine import CustomerStage, SegmentStage, SliceAggregator, aggregate_by_slice
+    from processors.retarget import Retargeter
+
+    retargeter = Retargeter(settings.campaigns)
+    stage = CustomerStage(settings, retargeter)
+    answers = [event for event in build_stream().ordered() if isinstance(event, SurveyResponse)][:400]
+    slow, fast = SegmentStage(settings, retargeter), SegmentStage(settings, retargeter)
+    aggregator = SliceAggregator(settings.windows.slice_ms)
+    items = []
+    for answer in answers:
+        slow_triggers: list = []
+        fast_triggers: list = []
+        answer_items = stage.answer(answer, None, slow_triggers)
+        memberships, drivers, ref = stage.placement(answer, None, fast_triggers)
+        assert slow_triggers == fast_triggers
+        assert [(i.segment_id, i.at, i.score, i.ref, i.drivers) for i in answer_items] == [
+            (segment, answer.answered_at, answer.score, ref, segment_drivers)
+            for segment, segment_drivers in zip(memberships, drivers, strict=True)]
+        items.extend(answer_items)
+        for item in answer_items:
+            slow.add(item)
+        fast.add_answer(memberships, drivers, answer.answered_at, answer.score, ref)
+        aggregator.add_answer(memberships, drivers, answer.answered_at, answer.score, ref)
+    assert list(slow.segments) == list(fast.segments)
+    assert [state.to_dict() for state in slow.segments.values()] == [state.to_dict() for state in fast.segments.values()]
+    assert sorted(slow._due) == sorted(fast._due)
+    end = answers[-1].answered_at + settings.windows.longest_ms
+    slow_out, fast_out = slow.advance(end), fast.advance(end)
+    assert canonical(slow_out) == canonical(fast_out) and slow.last_closed == fast.last_closed
+    expected = aggregate_by_slice(items, settings.windows.slice_ms, without_attributes=True)
+    got = aggregator.aggregates(without_attributes=True)
+    assert list(expected) == list(got) and list(expected.values()) == list(got.values())
