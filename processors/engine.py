@@ -146,9 +146,7 @@ class SegmentStage:
 
     def add(self, item: SegmentAnswer) -> None:
         """Count one segment answer; raises LateAnswer if its slice is closed."""
-        windows = self._state(item.segment_id).windows
-        self._due_at(windows.add(item.at, item.score, item.ref, self.settings.windows.slice_ms, item.drivers),
-                     item.segment_id)
+        self.add_answer([item.segment_id], [item.drivers], item.at, item.score, item.ref)
 
     def add_answer(self, memberships: list[str], drivers: list[tuple[str, ...]], at: int, score: int,
                    ref: AnswerRef | None) -> None:
@@ -210,10 +208,6 @@ class SegmentStage:
             ancestors = self._ancestors[segment_id] = tuple(chain)
         return ancestors
 
-    def due(self, watermark: int) -> bool:
-        """Whether ``advance(watermark)`` would close or emit anything."""
-        return bool(self._due) and self._due[0][0] <= watermark
-
     def advance(self, watermark: int) -> Outputs:
         """Close every slice the watermark has passed; emit the final windows; detect on the closed slices."""
         out = Outputs()
@@ -243,9 +237,7 @@ class SegmentStage:
             for start, piece in slices:
                 if piece.counts.total:
                     closed.append((start, depth, segment_id, piece))
-            next_due = segment_windows.next_due(window_settings)  # ``_schedule``
-            if next_due is not None:
-                heapq.heappush(heap, (next_due, segment_id))
+            self._schedule(segment_id, state)
         closed.sort(key=_SLICE_ORDER)
         for start, _, segment_id, piece in closed:
             self._detect(segment_id, start, piece, out)
@@ -315,20 +307,10 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
     """Combine segment answers per (segment, slice start): what crosses the repartition, so its traffic
     grows with segments x slices rather than with answers x segments. ``without_attributes``: the answers
     were segmented without customer attributes (each aggregate then counts all of its answers as such)."""
-    combined: dict[tuple[str, int], SliceAggregate] = {}
+    aggregator = SliceAggregator(slice_ms)
     for item in items:
-        key = (item.segment_id, item.at - item.at % slice_ms)
-        aggregate = combined.get(key)
-        if aggregate is None:
-            aggregate = combined[key] = SliceAggregate(NpsCounts(), [], {})
-        aggregate.counts.add(item.score)
-        if item.ref is not None:
-            aggregate.refs.append(item.ref)
-        count_drivers(aggregate.breakdown, item.drivers, item.score)
-    if without_attributes:
-        for aggregate in combined.values():
-            aggregate.without_attributes = aggregate.counts.total
-    return combined
+        aggregator.add_answer([item.segment_id], [item.drivers], item.at, item.score, item.ref)
+    return aggregator.aggregates(without_attributes=without_attributes)
 
 
 class SliceAggregator:
@@ -426,10 +408,7 @@ class Engine:
             self._held.append(event)
         if self._held:
             self._release(out, flush=False)
-        if self.segments.due(watermark):
-            out.extend(self.segments.advance(watermark))
-        else:
-            self.segments.last_closed = []
+        out.extend(self.segments.advance(watermark))
         return out
 
     def process_all(self, events: Iterable[SurveyResponse | Purchase]) -> Outputs:
