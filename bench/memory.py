@@ -43,6 +43,7 @@ from processors.nps import NpsCounts
 from processors.packed import dumps_kept
 from processors.retarget import Retargeter
 from processors.timeparse import HOUR_MS, MINUTE_MS
+from processors.windows import Slice
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNELS = ("app", "web", "phone")
@@ -134,7 +135,7 @@ def worker_decode(records: list[Record], share_refs: bool) -> Iterator[tuple[str
                                                                             dict[str, list[int]]]]:
     """The records through orjson and back, decoded as ``Pipeline.handle_slices`` does: every segment's slice
     gets its own ref tuples, strings and breakdown, as in the worker. ``share_refs``: one ref tuple per answer
-    for all its segments (by event id), a lever the worker does not have (yet)."""
+    for all its segments (by event id), as the worker now does within each segment-slices record."""
     shared: dict[str, tuple[Any, ...]] = {}
     for chunk in range(0, len(records), 500):
         data = orjson.loads(orjson.dumps({"v": records[chunk:chunk + 500]}))
@@ -243,7 +244,7 @@ def main() -> None:
     parser.add_argument("--report-at", default="", help="also report after these hours, e.g. 2,6,12")
     parser.add_argument("--sample", type=int, default=2000, help="segments in the sizeof walk (default 2000)")
     parser.add_argument("--share-refs", action="store_true",
-                        help="one ref tuple per answer for all its segments (not what the worker does)")
+                        help="one ref tuple per answer for all its segments (the worker shares them within a record)")
     parser.add_argument("--min-history", type=float, default=None,
                         help="the detector's min_history (default: the product's 1000 answers)")
     args = parser.parse_args()
@@ -267,7 +268,7 @@ def main() -> None:
         records = workload.minute(start)
         answers += sum(sum(r[2]) for r in records if r[0].count("|") == 1)
         for segment_id, at, counts, refs, breakdown in worker_decode(records, args.share_refs):
-            stage.add_slice(segment_id, at, counts, refs, breakdown)  # type: ignore[arg-type]
+            stage.add_slice(segment_id, at, Slice(counts, refs, breakdown))  # type: ignore[arg-type]
         alerts += len(stage.advance(start + MINUTE_MS - 1 - grace).alerts)
         if (minute + 1) % 60 == 0:
             print(f"  {(minute + 1) / 60:g} h: {answers:,} answers, {alerts} alert events, "

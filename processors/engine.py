@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 from processors.config import EngineSettings
 from processors.dedup import RecentEvents
 from processors.events import AlertEvent, EventError, Purchase, RetargetTrigger, SurveyResponse
-from processors.nps import Loyalty, NpsCounts, classify
+from processors.nps import Loyalty, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy, Segmenter
 from processors.spikes import SpikeDetector, SpikeState
 from processors.timeparse import DAY_MS, format_duration_ms
-from processors.windows import AnswerRef, Breakdown, SegmentWindows, Slice, WindowResult, count_drivers
+from processors.windows import AnswerRef, SegmentWindows, Slice, WindowResult
 
 
 @dataclass(slots=True)
@@ -163,15 +163,13 @@ class SegmentStage:
             if opened is not None:
                 heapq.heappush(due, (opened, segment_id))
 
-    def add_slice(self, segment_id: str, start: int, counts: NpsCounts, refs: list[AnswerRef],
-                  breakdown: Breakdown | None = None, without_attributes: int = 0) -> None:
-        """Merge a pre-aggregated slice (``without_attributes`` of its answers segmented without customer
-        attributes); raises LateAnswer if the slice is closed."""
+    def add_slice(self, segment_id: str, start: int, piece: Slice) -> None:
+        """Merge a pre-aggregated slice (handed over: it may become the open slice itself); raises LateAnswer
+        if the slice is closed."""
         windows = self._state(segment_id).windows
-        if not self.owns(segment_id):
-            refs = []  # a replica never triggers campaigns
-        self._due_at(windows.add_slice(start, counts, refs, self.settings.windows.slice_ms, breakdown,
-                                       without_attributes), segment_id)
+        if piece.refs and not self.owns(segment_id):
+            piece.refs = None  # a replica never triggers campaigns
+        self._due_at(windows.add_slice(start, piece, self.settings.windows.slice_ms), segment_id)
 
     def _state(self, segment_id: str) -> SegmentState:
         state = self.segments.get(segment_id)
@@ -303,7 +301,7 @@ def to_cents(amount: Decimal) -> int:
 
 
 def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
-                       without_attributes: bool = False) -> dict[tuple[str, int], SliceAggregate]:
+                       without_attributes: bool = False) -> dict[tuple[str, int], Slice]:
     """Combine segment answers per (segment, slice start): what crosses the repartition, so its traffic
     grows with segments x slices rather than with answers x segments. ``without_attributes``: the answers
     were segmented without customer attributes (each aggregate then counts all of its answers as such)."""
@@ -315,13 +313,14 @@ def aggregate_by_slice(items: Iterable[SegmentAnswer], slice_ms: int, *,
 
 class SliceAggregator:
     """``aggregate_by_slice`` fed one answer's placement at a time (``CustomerStage.placement``), without a
-    :class:`SegmentAnswer` per segment; same aggregates, in the same order."""
+    :class:`SegmentAnswer` per segment; same aggregates, in the same order. Each aggregate is a packed
+    :class:`Slice`, as the segment stage keeps it."""
 
     __slots__ = ("combined", "slice_ms")
 
     def __init__(self, slice_ms: int) -> None:
         self.slice_ms = slice_ms
-        self.combined: dict[tuple[str, int], SliceAggregate] = {}
+        self.combined: dict[tuple[str, int], Slice] = {}
 
     def add_answer(self, memberships: list[str], drivers: list[tuple[str, ...]], at: int, score: int,
                    ref: AnswerRef | None) -> None:
@@ -331,26 +330,15 @@ class SliceAggregator:
             key = (segment_id, start)
             aggregate = combined.get(key)
             if aggregate is None:
-                aggregate = combined[key] = SliceAggregate(NpsCounts(), [], {})
-            aggregate.counts.add(score)
-            if ref is not None:
-                aggregate.refs.append(ref)
-            count_drivers(aggregate.breakdown, segment_drivers, score)
+                aggregate = combined[key] = Slice()
+            aggregate.add(score, ref, segment_drivers)
 
-    def aggregates(self, *, without_attributes: bool = False) -> dict[tuple[str, int], SliceAggregate]:
+    def aggregates(self, *, without_attributes: bool = False) -> dict[tuple[str, int], Slice]:
         """The aggregates so far (``without_attributes``: as in ``aggregate_by_slice``)."""
         if without_attributes:
             for aggregate in self.combined.values():
-                aggregate.without_attributes = aggregate.counts.total
+                aggregate.without_attributes = aggregate.total
         return self.combined
-
-
-@dataclass(slots=True)
-class SliceAggregate:
-    counts: NpsCounts
-    refs: list[AnswerRef]
-    breakdown: Breakdown
-    without_attributes: int = 0  # of ``counts``, the answers segmented without customer attributes
 
 
 class Engine:

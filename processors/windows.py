@@ -64,18 +64,6 @@ class WindowSettings:
         raise KeyError(name)
 
 
-def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) -> None:
-    """Count one answer with this (validated, 0-10) score under each of its driver values."""
-    detractor = 1 if score <= 6 else 0  # a detractor, as in ``classify``
-    for key in drivers:
-        row = breakdown.get(key)
-        if row is None:
-            breakdown[key] = [1, detractor]
-        else:
-            row[0] += 1
-            row[1] += detractor
-
-
 # a driver value's [answers, detractors] in an open slice: detractors * DRIVER_UNIT + answers (no detractor: a small
 # int, a shared object up to 256 answers)
 DRIVER_UNIT = 1 << 32
@@ -152,19 +140,35 @@ class Slice:
             for key in drivers:
                 mine[key] = get(key, 0) + unit
 
-    def merge(self, counts: NpsCounts, refs: Sequence[AnswerRef], breakdown: Breakdown | None,
-              without_attributes: int) -> None:
-        self.detractors += counts.detractors
-        self.passives += counts.passives
-        self.promoters += counts.promoters
-        if refs:
+    @classmethod
+    def packed(cls, detractors: int, passives: int, promoters: int, refs: list[AnswerRef] | None,
+               drivers: dict[str, int] | None, without_attributes: int = 0) -> Slice:
+        """A slice from its packed fields as they are (``drivers``: ``detractors * DRIVER_UNIT + answers`` per
+        value; None or a list are kept, not copied)."""
+        piece = cls.__new__(cls)
+        piece.detractors, piece.passives, piece.promoters = detractors, passives, promoters
+        piece.refs, piece.drivers, piece.without_attributes = refs or None, drivers or None, without_attributes
+        return piece
+
+    def merge(self, other: Slice) -> None:
+        """Add another slice's answers (pre-aggregated upstream) to this one."""
+        self.detractors += other.detractors
+        self.passives += other.passives
+        self.promoters += other.promoters
+        if other.refs:
             if self.refs is None:
-                self.refs = list(refs)
+                self.refs = list(other.refs)
             else:
-                self.refs.extend(refs)
-        if breakdown:
-            self.merge_breakdown(breakdown)
-        self.without_attributes += without_attributes
+                self.refs.extend(other.refs)
+        if other.drivers:
+            mine = self.drivers
+            if mine is None:
+                self.drivers = dict(other.drivers)
+            else:
+                get = mine.get
+                for key, packed in other.drivers.items():
+                    mine[key] = get(key, 0) + packed
+        self.without_attributes += other.without_attributes
 
     def merge_breakdown(self, breakdown: Breakdown) -> None:
         mine = self.drivers
@@ -286,13 +290,18 @@ class SegmentWindows:
         current.add(score, ref, drivers)
         return opened
 
-    def add_slice(self, start: int, counts: NpsCounts, refs: list[AnswerRef], slice_ms: int,
-                  breakdown: Breakdown | None = None, without_attributes: int = 0) -> int | None:
-        """Merge a pre-aggregated slice (answers of one slice combined upstream, ``without_attributes`` of them
-        segmented without customer attributes); same contract as ``add``."""
-        current, opened = self._open_slice(start, slice_ms, counts.total)
-        current.merge(counts, refs, breakdown, without_attributes)
-        return opened
+    def add_slice(self, start: int, piece: Slice, slice_ms: int) -> int | None:
+        """Merge a pre-aggregated slice (answers of one slice combined upstream); same contract as ``add``. The
+        first piece of a slice becomes the open slice itself: the caller hands it over and keeps no reference."""
+        if self.closed_upto is not None and start < self.closed_upto:
+            self.late += piece.total
+            raise LateAnswer(start)
+        current = self.open.get(start)
+        if current is None:
+            self.open[start] = piece
+            return start + slice_ms
+        current.merge(piece)
+        return None
 
     def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
         if self.closed_upto is not None and start < self.closed_upto:

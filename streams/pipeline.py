@@ -45,7 +45,6 @@ from processors.engine import (
     Outputs,
     SegmentStage,
     SegmentState,
-    SliceAggregate,
     SliceAggregator,
     refuse_duplicate,
 )
@@ -57,7 +56,7 @@ from processors.retarget import Retargeter
 from processors.segments import Hierarchy
 from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
-from processors.windows import LateAnswer
+from processors.windows import LateAnswer, Slice, WindowResult
 from streams import metrics
 from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
@@ -154,6 +153,9 @@ class Pipeline:
         self._dirty: dict[int, set[str]] = {}  # slice partition -> segments changed since the checkpoint
         self._held: list[EventT] = []  # slices applied but not yet in a checkpoint: acknowledged after it
         self._checkpointed = time.monotonic()
+        # Closed windows for the Redis snapshots, written at the checkpoint: a segment's windows of the last
+        # seconds in one command each (per window, the writes were an eighth of the worker's time in a backlog).
+        self._snapshots: list[WindowResult] = []
         self._started = time.monotonic()
         self.counters: dict[str, int] = {"surveys": 0, "purchases": 0, "dead_letters": 0, "late_answers": 0,
                                          "alerts": 0, "triggers": 0, "windows": 0}
@@ -431,29 +433,22 @@ class Pipeline:
         for pending in answers:
             pending.event.ack()
 
-    async def _send_slices(self, aggregates: dict[tuple[str, int], SliceAggregate], source: int,
-                           last_offset: int) -> list[Any]:
+    async def _send_slices(self, aggregates: dict[tuple[str, int], Slice], source: int, last_offset: int) -> list[Any]:
         """One run's answers pre-aggregated per (segment, slice), sent as one record per slice partition (in
-        parts) rather than one per slice: the segments agent decodes a few large records, not thousands. Each
-        entry is ``[segment, start, counts, refs, breakdown]``, plus the number of its answers segmented without
-        customer attributes when that run was segmented without them (Redis unreachable): the count travels with the
-        counts it is part of."""
-        by_partition: dict[int, list[list[Any]]] = {}
-        for (segment_id, start), aggregate in aggregates.items():
-            counts = aggregate.counts.to_list()
-            entry = [segment_id, start, counts, aggregate.refs, aggregate.breakdown]
-            if aggregate.without_attributes:
-                entry.append(aggregate.without_attributes)
+        parts) rather than one per slice: the segments agent decodes a few large records, not thousands. A slice
+        carries the number of its answers segmented without customer attributes when that run was segmented
+        without them (Redis unreachable): the count travels with the counts it is part of."""
+        by_partition: dict[int, list[tuple[str, int, Slice, bool]]] = {}
+        for (segment_id, start), piece in aggregates.items():
             owner = self.partition_of(segment_id)
             if self._is_parent(segment_id):
                 # Every slice partition keeps a replica of a parent segment: its children there need its baseline
                 # and open alert. A replica emits nothing, so it gets the counts only: answers kept for triggers
                 # and revenue, the driver breakdown of alert evidence and the enrichment mark go to the owner.
-                replica = [segment_id, start, counts, [], {}]
                 for partition in range(self.partitions):
-                    by_partition.setdefault(partition, []).append(entry if partition == owner else replica)
+                    by_partition.setdefault(partition, []).append((segment_id, start, piece, partition != owner))
             else:
-                by_partition.setdefault(owner, []).append(entry)
+                by_partition.setdefault(owner, []).append((segment_id, start, piece, False))
         sent = []
         for partition, entries in sorted(by_partition.items()):
             for part, first in enumerate(range(0, len(entries), SLICES_PER_RECORD)):
@@ -577,7 +572,7 @@ class Pipeline:
                 continue  # revoked during an await above
             run = [run_end, part]
             fresh: dict[str, bool] = {}  # segment -> run not yet counted (a record holds several slices of one)
-            for segment_id, start, counts, refs, breakdown, without in entries:
+            for segment_id, start, piece in entries:
                 if (new := fresh.get(segment_id)) is None:
                     runs = applied.setdefault(segment_id, {})
                     new = fresh[segment_id] = run > runs.get(source, [-1, -1])
@@ -586,16 +581,15 @@ class Pipeline:
                 if not new:
                     continue  # a run forwarded again after a restart: the checkpointed state already counts it
                 try:
-                    stage.add_slice(segment_id, start, counts, refs, breakdown, without)  # type: ignore[arg-type]
+                    stage.add_slice(segment_id, start, piece)
                 except LateAnswer:
                     if not stage.owns(segment_id):
                         continue  # a replica: the owner partition reports it
-                    self.counters["late_answers"] += counts.total
-                    metrics.LATE.inc(counts.total)
-                    late = [segment_id, start, counts.to_list(), refs, breakdown] + ([without] if without else [])
+                    self.counters["late_answers"] += piece.total
+                    metrics.LATE.inc(piece.total)
                     await self.send_dead_letter(message, "answered_at", (
-                        f"late: {counts.total} answer(s) of segment {segment_id} for a slice closed before they "
-                        "arrived (beyond the grace period)"), value=orjson.dumps(late))
+                        f"late: {piece.total} answer(s) of segment {segment_id} for a slice closed before they "
+                        "arrived (beyond the grace period)"), value=orjson.dumps([segment_id, start, *piece.to_list()]))
                     continue
                 changed.add(segment_id)
         out = Outputs()
@@ -618,6 +612,9 @@ class Pipeline:
         before this point redelivers those records (and maybe forwards their answers again): the stored runs
         let each through once."""
         self._checkpointed = time.monotonic()
+        if self.store and self._snapshots:
+            snapshots, self._snapshots = self._snapshots, []
+            await self.store.save_snapshots(snapshots, {})
         await self._changelog_known(self.segments)
         dirty, self._dirty = self._dirty, {}
         held, self._held = self._held, []
@@ -705,9 +702,9 @@ class Pipeline:
         metrics.alerts_published(records)
         self.counters["alerts"] += sum(1 for alert in out.alerts if alert.kind == "opened")
         await self._send_triggers(out.triggers, False)
-        if self.store and out.windows:
+        if self.store:
             snapshot = self._snapshot_window
-            await self.store.save_snapshots([w for w in out.windows if w.window == snapshot], {})
+            self._snapshots.extend(w for w in out.windows if w.window == snapshot)
         if self.store and records:
             await self.store.save_alerts(records)
 

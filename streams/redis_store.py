@@ -121,27 +121,34 @@ class RedisStore:
     async def save_snapshots(self, windows: Iterable[WindowResult], spike_states: Mapping[str, dict]) -> None:
         """Latest closed window per segment and window kind, plus the detector's baseline, as hashes; and
         each segment's recent windows (a sorted set by window start, the newest WINDOW_HISTORY_SIZE kept;
-        a window re-emitted after a restart replaces itself)."""
-        windows = list(windows)
-        if not windows or not self.outage.may_try():
+        a window re-emitted after a restart replaces itself). ``windows``: in closing order; a segment's windows
+        of one kind are written with one command each for the hash, the history and its trim."""
+        by_segment: dict[str, list[WindowResult]] = {}
+        for result in windows:
+            by_segment.setdefault(result.segment_id, []).append(result)
+        if not by_segment or not self.outage.may_try():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
-            for result in windows:
-                summary = result.counts.summary()
-                fields = {f"{result.window}.{name}": "" if value is None else str(value)
-                          for name, value in summary.items()}
-                fields[f"{result.window}.window_start"] = str(result.start)
-                fields[f"{result.window}.window_end"] = str(result.end)
-                baseline = spike_states.get(result.segment_id)
+            for segment_id, results in by_segment.items():
+                fields: dict[str, str] = {}
+                for result in results:  # the newest window of each kind wins the hash fields
+                    fields.update({f"{result.window}.{name}": "" if value is None else str(value)
+                                   for name, value in result.counts.summary().items()})
+                    fields[f"{result.window}.window_start"] = str(result.start)
+                    fields[f"{result.window}.window_end"] = str(result.end)
+                baseline = spike_states.get(segment_id)
                 if baseline:
                     fields.update({f"baseline.{k}": str(v) for k, v in baseline.items()})
-                pipe.hset(self.segment_key(result.segment_id), mapping=fields)
-                pipe.sadd(self.segment_index_key, result.segment_id)
-                history = self.window_history_key(result.segment_id)
-                pipe.zremrangebyscore(history, result.start, result.start)
-                pipe.zadd(history, {orjson.dumps(result.to_dict()): result.start})
+                pipe.hset(self.segment_key(segment_id), mapping=fields)
+                history = self.window_history_key(segment_id)
+                starts = [result.start for result in results]
+                # every window this segment closed since the last write: a stored one in that span is an earlier
+                # emission of one of them
+                pipe.zremrangebyscore(history, min(starts), max(starts))
+                pipe.zadd(history, {orjson.dumps(result.to_dict()): result.start for result in results})
                 pipe.zremrangebyrank(history, 0, -WINDOW_HISTORY_SIZE - 1)
+            pipe.sadd(self.segment_index_key, *by_segment)
             await pipe.execute()
         except _FAILURES as error:
             metrics.redis_error("redis_store", error)

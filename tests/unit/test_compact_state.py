@@ -16,10 +16,19 @@ from processors.baseline import HOURS, WINDOW_MS, BaselineSettings, HourlyBaseli
 from processors.nps import NpsCounts
 from processors.spikes import MAX_DRIVER_VALUES, NOT_PENDING, OTHER_VALUE, Evidence, SpikeState
 from processors.timeparse import DAY_MS, MINUTE_MS
-from processors.windows import SegmentWindows, Slice, count_drivers
+from processors.windows import Breakdown, SegmentWindows, Slice
 
 T0 = 20_000 * DAY_MS
 KEYS = ("channel=app", "channel=web", "region=EU", "tier=gold", "touchpoint=a%7Cb")
+
+
+def count_drivers(breakdown: Breakdown, drivers: tuple[str, ...], score: int) -> None:
+    """The plain breakdown: one ``[answers, detractors]`` list per driver value."""
+    detractor = 1 if score <= 6 else 0
+    for key in drivers:
+        row = breakdown.setdefault(key, [0, 0])
+        row[0] += 1
+        row[1] += detractor
 
 
 def test_open_slice_counts_drivers_as_the_plain_breakdown_does() -> None:
@@ -39,7 +48,7 @@ def test_open_slice_counts_drivers_as_the_plain_breakdown_does() -> None:
 
 def test_open_slice_merges_and_round_trips_in_the_stored_format() -> None:
     piece = Slice(NpsCounts(2, 1, 3), [("e1", "c1", 3, "gold", 700)], {"region=EU": [6, 2]}, 1)
-    piece.merge(NpsCounts(1, 0, 0), [("e2", "c2", 0, None, 0)], {"region=EU": [1, 1], "tier=gold": [1, 1]}, 0)
+    piece.merge(Slice(NpsCounts(1, 0, 0), [("e2", "c2", 0, None, 0)], {"region=EU": [1, 1], "tier=gold": [1, 1]}))
     assert piece.breakdown == {"region=EU": [7, 3], "tier=gold": [1, 1]}
     stored = orjson.loads(orjson.dumps(piece.to_list()))
     assert stored == [[3, 1, 3], [["e1", "c1", 3, "gold", 700], ["e2", "c2", 0, None, 0]],
@@ -54,7 +63,7 @@ def test_windows_close_the_packed_slices_into_the_same_columns() -> None:
     windows = SegmentWindows()
     windows.add(T0 + 5, 3, ("e1", "c1", 3, None, 10), MINUTE_MS, ("channel=app",))
     windows.add(T0 + 7, 9, None, MINUTE_MS, ("channel=app", "tier=gold"))
-    windows.add_slice(T0, NpsCounts(0, 1, 0), [], MINUTE_MS, {"channel=web": [1, 0]})
+    windows.add_slice(T0, Slice(NpsCounts(0, 1, 0), [], {"channel=web": [1, 0]}), MINUTE_MS)
     _, newly = windows.close(T0 + MINUTE_MS, "all", _settings())
     [(start, piece)] = newly
     assert start == T0 and piece.counts == NpsCounts(1, 1, 1)

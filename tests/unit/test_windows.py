@@ -11,7 +11,7 @@ import pytest
 from window_cases import DAY, HOUR, MIN, SETTINGS, T0
 
 from processors.nps import NpsCounts
-from processors.windows import AnswerRef, LateAnswer, SegmentWindows, WindowResult
+from processors.windows import AnswerRef, LateAnswer, SegmentWindows, Slice, WindowResult
 
 SEGMENT = "region=EU"
 
@@ -255,7 +255,7 @@ def test_state_from_before_answer_values_loads_with_value_zero() -> None:
 
 def test_closing_keeps_counts_and_refs_as_columns_and_drops_the_breakdown() -> None:
     windows = SegmentWindows()
-    windows.add_slice(T0, NpsCounts(1, 0, 2), [("e-1", "c-1", 3, None, 0)], MIN, {"channel=app": [3, 1]}, 1)
+    windows.add_slice(T0, Slice(NpsCounts(1, 0, 2), [("e-1", "c-1", 3, None, 0)], {"channel=app": [3, 1]}, 1), MIN)
     _, newly = windows.close(T0 + MIN, "all", SETTINGS)
     assert [(start, piece.breakdown) for start, piece in newly] == [(T0, {"channel=app": [3, 1]})]  # for the detector
     assert windows.closed_slices() == [(T0, NpsCounts(1, 0, 2), (("e-1", "c-1", 3, None, 0),), 1)]
@@ -276,7 +276,7 @@ def test_closed_slices_load_as_columns_and_store_as_they_were() -> None:
 def test_pruning_drops_whole_rows_of_every_column() -> None:
     windows = SegmentWindows()
     for minute in range(70):  # more than the longest window (1 h) of slices
-        windows.add_slice(T0 + minute * MIN, NpsCounts(minute % 3, 1, 0), [(f"e-{minute}", "c", 1, None, 0)], MIN)
+        windows.add_slice(T0 + minute * MIN, Slice(NpsCounts(minute % 3, 1, 0), [(f"e-{minute}", "c", 1, None, 0)]), MIN)
         windows.close(T0 + (minute + 1) * MIN, "all", SETTINGS)
     closed = windows.closed_slices()
     assert len(windows.closed_counts) == 4 * len(windows.closed_starts) == 4 * len(windows.closed_refs)

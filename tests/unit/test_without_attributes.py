@@ -37,7 +37,7 @@ def test_window_sums_the_counts_of_its_slices() -> None:
     windows = SegmentWindows()
     marked = {2: 4, 3: 6, 7: 5}  # minute -> answers without attributes (of 10 that minute)
     for minute in range(12):
-        windows.add_slice(T0 + minute * MIN, counts(10, 2), [], MIN, None, marked.get(minute, 0))
+        windows.add_slice(T0 + minute * MIN, Slice(counts(10, 2), [], None, marked.get(minute, 0)), MIN)
     results, _ = windows.close(T0 + 12 * MIN, "all", SETTINGS)
     by_window = {(r.window, r.start): r for r in results}
     assert by_window["5m", T0].without_attributes == 10
@@ -50,7 +50,7 @@ def test_window_sums_the_counts_of_its_slices() -> None:
 def test_window_record_has_no_key_without_such_answers() -> None:
     windows = SegmentWindows()
     for minute in range(5):
-        windows.add_slice(T0 + minute * MIN, counts(4), [], MIN)
+        windows.add_slice(T0 + minute * MIN, Slice(counts(4)), MIN)
     results, _ = windows.close(T0 + 5 * MIN, "all", SETTINGS)
     assert results and all(KEY not in r.to_dict() and r.without_attributes == 0 for r in results)
 
@@ -59,11 +59,11 @@ def test_count_survives_a_checkpoint_mid_window() -> None:
     """Open and closed slices round-trip through the state: the window after the restore holds every count."""
     windows = SegmentWindows()
     for minute in range(3):
-        windows.add_slice(T0 + minute * MIN, counts(2), [], MIN, None, 2)
+        windows.add_slice(T0 + minute * MIN, Slice(counts(2), [], None, 2), MIN)
     windows.close(T0 + 2 * MIN, "all", SETTINGS)  # minutes 0 and 1 closed, minute 2 open
     restored = SegmentWindows.from_dict(orjson.loads(orjson.dumps(windows.to_dict())))
-    restored.add_slice(T0 + 2 * MIN, counts(3), [], MIN, None, 1)
-    restored.add_slice(T0 + 4 * MIN, counts(1), [], MIN)
+    restored.add_slice(T0 + 2 * MIN, Slice(counts(3), [], None, 1), MIN)
+    restored.add_slice(T0 + 4 * MIN, Slice(counts(1)), MIN)
     results, _ = restored.close(T0 + 5 * MIN, "all", SETTINGS)
     five = next(r for r in results if r.window == "5m")
     assert (five.counts.total, five.without_attributes) == (10, 7)
@@ -95,7 +95,7 @@ def test_evidence_round_trips_its_count() -> None:
 def test_aggregate_by_slice_counts_every_answer_of_a_partial_batch() -> None:
     items = [SegmentAnswer(segment, T0 + k * 20_000, 3 + k % 7, None) for k in range(9) for segment in ("all", "region=EU")]
     partial = aggregate_by_slice(items, MIN, without_attributes=True)
-    assert {key: a.without_attributes for key, a in partial.items()} == {key: a.counts.total for key, a in partial.items()}
+    assert {key: a.without_attributes for key, a in partial.items()} == {key: a.total for key, a in partial.items()}
     assert sum(a.without_attributes for a in partial.values()) == 18
     assert all(a.without_attributes == 0 for a in aggregate_by_slice(items, MIN).values())
 
@@ -124,7 +124,7 @@ def test_alert_says_how_many_of_its_answers_were_without_attributes(default_conf
         d = sum(rng.random() < share for _ in range(20))
         without = 20 if 11 <= minute < 21 else 0  # Redis down for ten minutes of the spike, from before it opens
         marked[start] = without
-        stage.add_slice("all", start, counts(20, d, (20 - d) // 2), [], {"touchpoint=web": [20, d]}, without)
+        stage.add_slice("all", start, Slice(counts(20, d, (20 - d) // 2), [], {"touchpoint=web": [20, d]}, without))
         out = stage.advance(start + MIN)
         events += out.alerts
     kinds = [e.kind for e in events]
