@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from processors.engine import SegmentState
+from processors.nps import NpsCounts
+from processors.windows import WindowResult
 from streams.pipeline import Pipeline
 
 
@@ -47,6 +49,16 @@ class Table:
         return delivered
 
 
+class Store:
+    """What the checkpoint uses of ``RedisStore``: the snapshot write, recorded."""
+
+    def __init__(self) -> None:
+        self.saved: list[list[WindowResult]] = []
+
+    async def save_snapshots(self, windows: list[WindowResult], spike_states: dict) -> None:
+        self.saved.append(list(windows))
+
+
 def _pipeline(fail: bool) -> SimpleNamespace:
     async def nothing(*args: object) -> None:
         return None
@@ -55,7 +67,8 @@ def _pipeline(fail: bool) -> SimpleNamespace:
     pipeline = SimpleNamespace(_checkpointed=0.0, _dirty={0: {"all"}}, _held=[Record(0), Record(0)],
                                _stages={0: stage}, _applied={0: {"all": {1: [41, 0]}}}, segments=Table(fail),
                                app=SimpleNamespace(producer=SimpleNamespace(flush=nothing)),
-                               _changelog_known=nothing, _table_key=lambda segment, partition: segment.encode())
+                               _changelog_known=nothing, _table_key=lambda segment, partition: segment.encode(),
+                               store=Store(), _snapshots=[])
     return pipeline
 
 
@@ -67,6 +80,16 @@ def test_a_checkpoint_writes_each_changed_segment_then_acknowledges_its_records(
     assert pipeline.segments.data[b"all"] == pipeline.segments.changelog[b"all"]
     assert stored["o"] == {"1": [41, 0]} and stored["p"] == 0 and stored["s"] == "all"
     assert all(record.acked for record in held) and pipeline._held == [] and pipeline._dirty == {}
+
+
+def test_a_checkpoint_writes_the_windows_closed_since_the_last_one_to_the_snapshots() -> None:
+    pipeline = _pipeline(fail=False)
+    closed = [WindowResult("all", "5m", start, start + 300_000, NpsCounts(1, 0, 2)) for start in (0, 300_000)]
+    pipeline._snapshots.extend(closed)
+    asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
+    assert pipeline.store.saved == [closed] and pipeline._snapshots == []
+    asyncio.run(Pipeline.checkpoint(pipeline))  # type: ignore[arg-type]
+    assert pipeline.store.saved == [closed]  # nothing new: no write
 
 
 def test_a_failed_checkpoint_keeps_its_records_held_and_its_segments_dirty() -> None:
