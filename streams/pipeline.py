@@ -57,7 +57,7 @@ from processors.segments import Hierarchy
 from processors.timeparse import DAY_MS, format_rfc3339_ms
 from processors.watermarks import WatermarkTracker
 from processors.windows import LateAnswer, Slice, WindowResult
-from streams import metrics
+from streams import metrics, records_out
 from streams.delivery_store import DeliveryStore
 from streams.redis_store import RedisStore
 from streams.slice_records import DECODE_ERRORS, decode_slices, encode_slices
@@ -119,8 +119,8 @@ class Pipeline:
         self._known_changelogs: set[str] = set()  # changelog topics the producer's metadata lists
         # segment -> its slice partition (murmur2 of its id)
         self._owners: BoundedMemo[str, int] = BoundedMemo(SEGMENT_CACHE_SIZE)
-        # segment -> some configured segment shrinks toward it
-        self._parents: BoundedMemo[str, bool] = BoundedMemo(SEGMENT_CACHE_SIZE)
+        # segment -> the slice partitions its slices go to, and whether each holds a replica
+        self._targets: BoundedMemo[str, tuple[tuple[int, bool], ...]] = BoundedMemo(SEGMENT_CACHE_SIZE)
         # the Redis snapshot keeps each segment's latest closed window of the first tumbling family
         self._snapshot_window = next(spec.name for spec in self.settings.windows.specs if spec.tumbling)
         self.customer_stage = CustomerStage(self.settings, retargeter)
@@ -440,20 +440,13 @@ class Pipeline:
         without them (Redis unreachable): the count travels with the counts it is part of."""
         by_partition: dict[int, list[tuple[str, int, Slice, bool]]] = {}
         for (segment_id, start), piece in aggregates.items():
-            owner = self.partition_of(segment_id)
-            if self._is_parent(segment_id):
-                # Every slice partition keeps a replica of a parent segment: its children there need its baseline
-                # and open alert. A replica emits nothing, so it gets the counts only: answers kept for triggers
-                # and revenue, the driver breakdown of alert evidence and the enrichment mark go to the owner.
-                for partition in range(self.partitions):
-                    by_partition.setdefault(partition, []).append((segment_id, start, piece, partition != owner))
-            else:
-                by_partition.setdefault(owner, []).append((segment_id, start, piece, False))
+            for partition, replica in self._slice_targets(segment_id):
+                by_partition.setdefault(partition, []).append((segment_id, start, piece, replica))
         sent = []
         for partition, entries in sorted(by_partition.items()):
             for part, first in enumerate(range(0, len(entries), SLICES_PER_RECORD)):
                 value = encode_slices([source, last_offset, part], entries[first:first + SLICES_PER_RECORD])
-                sent.append(await self.slices.send(key=None, value=value, partition=partition))
+                sent.append(await records_out.send(self.app, self.names.segment_slices, None, value, partition))
         return sent
 
     async def _apply_backpressure(self) -> None:
@@ -666,11 +659,20 @@ class Pipeline:
             partition = self._owners.put(segment_id, partition_for(segment_id.encode(), self.partitions))
         return partition
 
-    def _is_parent(self, segment_id: str) -> bool:
-        parent = self._parents.get(segment_id)
-        if parent is None:
-            parent = self._parents.put(segment_id, self._hierarchy.is_parent(segment_id))
-        return parent
+    def _slice_targets(self, segment_id: str) -> tuple[tuple[int, bool], ...]:
+        """The slice partitions a segment's slices go to, each with whether it is a replica there. Every slice
+        partition keeps a replica of a parent segment: its children there need its baseline and open alert. A
+        replica emits nothing, so it gets the counts only: answers kept for triggers and revenue, the driver
+        breakdown of alert evidence and the enrichment mark go to the owner."""
+        targets = self._targets.get(segment_id)
+        if targets is None:
+            owner = self.partition_of(segment_id)
+            if self._hierarchy.is_parent(segment_id):
+                targets = tuple((partition, partition != owner) for partition in range(self.partitions))
+            else:
+                targets = ((owner, False),)
+            self._targets.put(segment_id, targets)
+        return targets
 
     def _table_key(self, segment_id: str, partition: int) -> bytes:
         """The segments-table key of a segment's state on a slice partition. The table's changelog is
@@ -694,11 +696,12 @@ class Pipeline:
         # queueing those (hundreds) before the alerts delayed the alerts by tens of milliseconds.
         records = [alert.to_dict() for alert in out.alerts]
         for alert, record in zip(out.alerts, records, strict=True):
-            await self.alerts.send(key=alert.segment_id.encode(), value=orjson.dumps(record))
+            await records_out.send(self.app, self.names.alerts, alert.segment_id.encode(), orjson.dumps(record))
         self.counters["windows"] += len(out.windows)
         metrics.windows_closed(out.windows)
         for window in out.windows:
-            await self.windows.send(key=window.segment_id.encode(), value=orjson.dumps(window.to_dict()))
+            await records_out.send(self.app, self.names.windows, window.segment_id.encode(),
+                                   orjson.dumps(window.to_dict()))
         metrics.alerts_published(records)
         self.counters["alerts"] += sum(1 for alert in out.alerts if alert.kind == "opened")
         await self._send_triggers(out.triggers, False)
@@ -727,7 +730,8 @@ class Pipeline:
             record = trigger.to_dict()
             if partial:
                 record["enrichment"] = "partial"
-            sent.append(await self.retarget.send(key=trigger.customer_id.encode(), value=orjson.dumps(record)))
+            sent.append(await records_out.send(self.app, self.names.retarget, trigger.customer_id.encode(),
+                                               orjson.dumps(record)))
         self.counters["triggers"] += len(sent)
         return sent
 
