@@ -16,12 +16,15 @@ from streams.delivery_store import REDIS_UNAVAILABLE
 from streams.pipeline import Pipeline
 
 
-class Topic:
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes, dict]] = []
+class Producer:
+    """What ``streams.records_out.send`` uses of Faust's producer: ``send``, recorded per topic."""
 
-    async def send(self, *, key: bytes, value: bytes) -> None:
-        self.records.append((key, orjson.loads(value)))
+    def __init__(self) -> None:
+        self.records: dict[str, list[tuple[bytes, dict]]] = {}
+
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int | None, timestamp: float | None,
+                   headers: object) -> None:
+        self.records.setdefault(topic, []).append((key, orjson.loads(value)))
 
 
 class DownStore:
@@ -36,7 +39,18 @@ class DownStore:
 
 
 def _pipeline(delivery: object) -> SimpleNamespace:
-    return SimpleNamespace(delivery=delivery, retarget=Topic(), counters={"triggers": 0})
+    producer = Producer()
+
+    async def maybe_start_producer() -> Producer:
+        return producer
+
+    return SimpleNamespace(delivery=delivery, app=SimpleNamespace(maybe_start_producer=maybe_start_producer),
+                           names=SimpleNamespace(retarget="npspulse.retarget"), counters={"triggers": 0},
+                           producer=producer)
+
+
+def published(pipeline: SimpleNamespace) -> list[tuple[bytes, dict]]:
+    return pipeline.producer.records.get("npspulse.retarget", [])
 
 
 def _send(pipeline: SimpleNamespace, triggers: list[RetargetTrigger], partial: bool = False) -> int:
@@ -53,9 +67,9 @@ def test_only_sent_triggers_are_published_each_id_once() -> None:
     later = [trigger(admit("c1", "e2", 60_000, "", "b")), trigger(admit("c1", "e3", 120_000, "")),
              trigger(admit("c9", "e4", 0, ""))]  # sent, customer-capped, opted out
     assert _send(pipeline, later) == 1
-    published = pipeline.retarget.records
-    assert [(key, record["event_id"]) for key, record in published] == [(b"c1", "e1"), (b"c1", "e2")]
-    assert published[0][1]["enrichment"] == "partial" and "enrichment" not in published[1][1]
+    records = published(pipeline)
+    assert [(key, record["event_id"]) for key, record in records] == [(b"c1", "e1"), (b"c1", "e2")]
+    assert records[0][1]["enrichment"] == "partial" and "enrichment" not in records[1][1]
     assert pipeline.counters["triggers"] == 2
     assert policy.counters == {"sent": 2, "capped": 1, "opted_out": 1, "duplicate": 1}
 
@@ -64,6 +78,6 @@ def test_redis_down_publishes_nothing() -> None:
     store = DownStore()
     pipeline = _pipeline(store)
     assert _send(pipeline, [trigger(admit("c1", "e1", 0, "")), trigger(admit("c2", "e2", 0, ""))]) == 0
-    assert pipeline.retarget.records == [] and pipeline.counters["triggers"] == 0
+    assert published(pipeline) == [] and pipeline.counters["triggers"] == 0
     assert store.counters["undelivered"] == 2
     assert _send(pipeline, []) == 0
