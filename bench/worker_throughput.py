@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.config import Config
 from streams.app import app_id
@@ -39,13 +39,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+COORDINATOR_NOT_READY = (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                         KafkaError.NOT_COORDINATOR)
+
+
+def committed_offsets(consumer: Consumer, tps: list[TopicPartition], wait_seconds: float = 60.0) -> list[TopicPartition]:
+    """The group's committed offsets, retried while the broker's group coordinator is not ready yet (a broker
+    just started answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS for a few seconds)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return consumer.committed(tps, timeout=10)
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            waiting = kafka_error.retriable() or kafka_error.code() in COORDINATOR_NOT_READY
+            if not waiting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def lag(config, names: TopicNames, partitions: int) -> int:
     consumer = Consumer({**kafka_client_config(config.kafka), "group.id": app_id(config.kafka),
                          "enable.auto.commit": False})
     try:
         total = 0
         tps = [TopicPartition(topic, p) for topic in (names.surveys, names.purchases) for p in range(partitions)]
-        committed = consumer.committed(tps, timeout=10)
+        committed = committed_offsets(consumer, tps)
         for tp in committed:
             _, high = consumer.get_watermark_offsets(tp, timeout=10)
             total += high - max(tp.offset, 0)
@@ -70,7 +89,7 @@ def pipeline_done(config, names: TopicNames, partitions: int, sources_done: Call
                     return False
                 ends.extend(TopicPartition(names.segment_slices, p, consumer.get_watermark_offsets(
                     TopicPartition(names.segment_slices, p), timeout=10)[1]) for p in range(partitions))
-            committed = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in ends], timeout=10)
+            committed = committed_offsets(consumer, [TopicPartition(tp.topic, tp.partition) for tp in ends])
             return all(got.offset >= end.offset for got, end in zip(committed, ends, strict=True))
         finally:
             consumer.close()
