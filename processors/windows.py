@@ -143,8 +143,8 @@ class Slice:
     @classmethod
     def packed(cls, detractors: int, passives: int, promoters: int, refs: list[AnswerRef] | None,
                drivers: dict[str, int] | None, without_attributes: int = 0) -> Slice:
-        """A slice from its packed fields as they are (``drivers``: ``detractors * DRIVER_UNIT + answers`` per
-        value; None or a list are kept, not copied)."""
+        """A slice from its packed fields (``drivers``: ``detractors * DRIVER_UNIT + answers`` per value). ``refs``
+        and ``drivers`` are kept, not copied; empty ones become None."""
         piece = cls.__new__(cls)
         piece.detractors, piece.passives, piece.promoters = detractors, passives, promoters
         piece.refs, piece.drivers, piece.without_attributes = refs or None, drivers or None, without_attributes
