@@ -58,10 +58,8 @@ def build_app(config: Config, *, web_port: int | None = None, web_host: str | No
         # checkpoint): waiting for them on a rebalance would never end. Unacknowledged records of a revoked
         # partition are redelivered to its next owner, whose stored offsets skip what is already counted.
         stream_wait_empty=False,
-        # Read-ahead, bounded: Faust buffers up to 4,096 records per stream and fetches up to 1 MiB per partition by
-        # default, and a backlog fills both (segment-slices records are large). One worker on the bench workload
-        # peaked at 622-748 MiB with the defaults and 386-506 MiB with these, at the same throughput (4 runs each,
-        # alternating; docs/performance.md, "Where the worker's memory went").
-        stream_buffer_maxsize=512,
-        consumer_max_fetch_size=256 * 1024,
+        # Faust's default read-ahead (4,096 records per stream, 1 MiB per partition fetch), not a smaller one: a stream
+        # queue that reaches high pressure takes its partition out of the fetch until the queue drains, and Faust's
+        # recovery clears the queues without that signal. With 512 records a restarted worker once fetched nothing
+        # at all after its recovery (docs/reliability.md).
     )
