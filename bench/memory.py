@@ -133,9 +133,9 @@ class Workload:
 def worker_decode(records: list[Record], share_refs: bool) -> Iterator[tuple[str, int, NpsCounts,
                                                                             list[tuple[Any, ...]],
                                                                             dict[str, list[int]]]]:
-    """The records through orjson and back, decoded as ``Pipeline.handle_slices`` does: every segment's slice
-    gets its own ref tuples, strings and breakdown, as in the worker. ``share_refs``: one ref tuple per answer
-    for all its segments (by event id), as the worker now does within each segment-slices record."""
+    """The records through orjson and back, each segment's slice with its own ref tuples, strings and breakdown
+    (the state they build is what ``Pipeline.handle_slices`` builds). ``share_refs``: one ref tuple per answer for
+    all its segments (by event id), as the worker does within each segment-slices record."""
     shared: dict[str, tuple[Any, ...]] = {}
     for chunk in range(0, len(records), 500):
         data = orjson.loads(orjson.dumps({"v": records[chunk:chunk + 500]}))

@@ -293,24 +293,21 @@ class SegmentWindows:
     def add_slice(self, start: int, piece: Slice, slice_ms: int) -> int | None:
         """Merge a pre-aggregated slice (answers of one slice combined upstream); same contract as ``add``. The
         first piece of a slice becomes the open slice itself: the caller hands it over and keeps no reference."""
-        if self.closed_upto is not None and start < self.closed_upto:
-            self.late += piece.total
-            raise LateAnswer(start)
-        current = self.open.get(start)
-        if current is None:
-            self.open[start] = piece
-            return start + slice_ms
-        current.merge(piece)
-        return None
+        current, opened = self._open_slice(start, slice_ms, piece.total, piece)
+        if current is not piece:
+            current.merge(piece)
+        return opened
 
-    def _open_slice(self, start: int, slice_ms: int, answers: int) -> tuple[Slice, int | None]:
+    def _open_slice(self, start: int, slice_ms: int, answers: int,
+                    fresh: Slice | None = None) -> tuple[Slice, int | None]:
+        """The open slice at ``start``, opened as ``fresh`` (else a new empty one) if it is not open yet."""
         if self.closed_upto is not None and start < self.closed_upto:
             self.late += answers
             raise LateAnswer(start)
         current = self.open.get(start)
         if current is not None:
             return current, None
-        current = self.open[start] = Slice()
+        current = self.open[start] = Slice() if fresh is None else fresh
         return current, start + slice_ms
 
     def next_due(self, settings: WindowSettings) -> int | None:

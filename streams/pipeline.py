@@ -103,9 +103,6 @@ class Pipeline:
         self.surveys = self._topic(self.names.surveys)
         self.purchases = self._topic(self.names.purchases)
         self.slices = self._topic(self.names.segment_slices, internal=True)
-        self.alerts = self._topic(self.names.alerts)
-        self.windows = self._topic(self.names.windows)
-        self.retarget = self._topic(self.names.retarget)
         self.dead_letter = self._topic(self.names.dead_letter)
         self.profiles = self._table("profiles", "customer purchase profiles (RFM)")
         # Written once per batch for every segment the batch touched, outside single-event context, so the
