@@ -7,7 +7,7 @@ import ssl
 import faust
 
 from processors.config import Config, KafkaSettings
-from streams import codec, faust_fixes
+from streams import codec
 from streams.topics import check_credentials
 
 
@@ -35,7 +35,6 @@ def broker_credentials(kafka: KafkaSettings) -> faust.SASLCredentials | faust.SS
 def build_app(config: Config, *, web_port: int | None = None, web_host: str | None = None,
               client_id: str | None = None) -> faust.App:
     codec.register()
-    faust_fixes.install()  # seek only once the fetcher has left its batch (docs/reliability.md)
     kafka, worker = config.kafka, config.worker
     return faust.App(
         app_id(kafka),
