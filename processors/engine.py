@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from processors.baseline import hour_of
 from processors.config import EngineSettings
 from processors.dedup import RecentEvents
 from processors.events import AlertEvent, EventError, Purchase, RetargetTrigger, SurveyResponse
@@ -24,7 +25,7 @@ from processors.nps import Loyalty, classify
 from processors.profiles import CurrencyError, CustomerProfile
 from processors.retarget import Retargeter
 from processors.segments import Hierarchy, Segmenter
-from processors.spikes import SpikeDetector, SpikeState
+from processors.spikes import ChainEstimates, SpikeDetector, SpikeState, chain_estimates
 from processors.timeparse import DAY_MS, format_duration_ms
 from processors.windows import AnswerRef, SegmentWindows, Slice, WindowResult
 
@@ -237,11 +238,15 @@ class SegmentStage:
                     closed.append((start, depth, segment_id, piece))
             self._schedule(segment_id, state)
         closed.sort(key=_SLICE_ORDER)
+        # Within one minute every segment comes before its ancestors (deeper first), so an ancestor's estimates
+        # for that minute stay as they are until its own slice: each parent's are computed once per minute.
+        estimates: dict[tuple[str, int], ChainEstimates] = {}
         for start, _, segment_id, piece in closed:
-            self._detect(segment_id, start, piece, out)
+            self._detect(segment_id, start, piece, out, estimates)
         return out
 
-    def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs) -> None:
+    def _detect(self, segment_id: str, start: int, piece: Slice, out: Outputs,
+                estimates: dict[tuple[str, int], ChainEstimates]) -> None:
         segments = self.segments
         state = segments[segment_id].spikes
         chain = [state]
@@ -252,9 +257,16 @@ class SegmentStage:
             if parent_state is None:
                 break
             chain.append(parent_state.spikes)
+        parents = None
+        if parent_id is not None:
+            key = (parent_id, start)
+            parents = estimates.get(key)
+            if parents is None:
+                parents = estimates[key] = chain_estimates(hour_of(start), chain[1:],
+                                                           self.settings.detection.baseline)
         open_before = state.alert
-        events = self.detector.observe(segment_id, parent_id, start, piece.counts, piece.breakdown, chain,
-                                       piece.without_attributes)
+        events = self.detector.observe_packed(segment_id, parent_id, start, piece.counts, piece.drivers, chain,
+                                              piece.without_attributes, parents)
         if (not events and open_before is None) or not self.owns(segment_id):
             return  # nothing to emit (the common case) or a replica
         windows = segments[segment_id].windows

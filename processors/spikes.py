@@ -52,6 +52,7 @@ from processors.events import AlertEvent, Driver, content_id
 from processors.nps import NpsCounts, wilson_interval
 from processors.segments import parse_segment_id
 from processors.timeparse import HOUR_MS, MINUTE_MS
+from processors.windows import ANSWERS_MASK, pack_breakdown
 
 RULE = "detractor-spike.cusum"
 SEV1, SEV2 = "sev-1", "sev-2"
@@ -124,8 +125,10 @@ class Evidence:
         for n, d, expected in values.values():
             rows.extend((float(n), float(d), float(expected)))
 
-    def add(self, start: int, counts: NpsCounts, breakdown: Mapping[str, Sequence[int]], q0: float, p0: float,
+    def add(self, start: int, counts: NpsCounts, drivers: Mapping[str, int] | None, q0: float, p0: float,
             without_attributes: int = 0) -> None:
+        """Add one slice: its counts and its driver values packed as a :class:`processors.windows.Slice` keeps
+        them (:func:`processors.windows.pack_breakdown`)."""
         if self.since is None:
             self.since = start
         n = counts.total
@@ -135,12 +138,13 @@ class Evidence:
         self.promoters += counts.promoters
         self.expected_detractors += n * q0
         self.expected_promoters += n * p0
-        if not breakdown:
+        if not drivers:
             return
         keys, rows = self.keys, self.rows
         if keys is None or rows is None:
             keys, rows = self.keys, self.rows = {}, array("d")
-        for key, (vn, vd) in breakdown.items():
+        for key, packed in drivers.items():
+            vn, vd = packed & ANSWERS_MASK, packed >> 32
             row = keys.get(key)
             if row is None:
                 if len(keys) >= MAX_DRIVER_VALUES:
@@ -389,14 +393,29 @@ class Design:
         return s >= self.h
 
 
-def baseline_shares(hour: int, chain: Sequence[SpikeState], settings: BaselineSettings) -> tuple[float | None, float | None]:
-    """(detractor, promoter) baseline shares of ``chain[0]`` for UTC ``hour``, each built on its parent's
-    estimate (``chain[1]``, itself built on ``chain[2]``...)."""
+ChainEstimates = tuple[Estimate | None, Estimate | None]  # (detractor, promoter) estimates, before clamping
+
+
+def chain_estimates(hour: int, chain: Sequence[SpikeState], settings: BaselineSettings) -> ChainEstimates:
+    """(detractor, promoter) estimates of ``chain[0]`` for UTC ``hour``, each built on its parent's (``chain[1]``,
+    itself built on ``chain[2]``...); (None, None) for an empty chain."""
     q: Estimate | None = None
     p: Estimate | None = None
     for state in reversed(chain):
         q = state.baseline.estimate(hour, q, settings)
         p = state.baseline.estimate(hour, p, settings, promoters=True)
+    return q, p
+
+
+def baseline_shares(hour: int, chain: Sequence[SpikeState], settings: BaselineSettings,
+                    parents: ChainEstimates | None = None) -> tuple[float | None, float | None]:
+    """(detractor, promoter) baseline shares of ``chain[0]`` for UTC ``hour``, built on its ancestors' estimates
+    (``chain[1:]``, or ``parents``: their :func:`chain_estimates`, when the caller already has them)."""
+    if parents is None:
+        parents = chain_estimates(hour, chain[1:], settings)
+    baseline = chain[0].baseline
+    q = baseline.estimate(hour, parents[0], settings)
+    p = baseline.estimate(hour, parents[1], settings, promoters=True)
     return (None if q is None else clamp_share(q[0])), (None if p is None else clamp_share(p[0]))
 
 
@@ -421,6 +440,15 @@ class SpikeDetector:
         """Feed one closed slice (n > 0, ``without_attributes`` of its answers segmented without customer
         attributes) to ``chain[0]``, the segment's state; ``chain[1:]`` are its ancestors' states as of the end
         of the previous slice. Returns the alert events it caused."""
+        return self.observe_packed(segment_id, parent_id, start, counts, pack_breakdown(breakdown), chain,
+                                   without_attributes)
+
+    def observe_packed(self, segment_id: str, parent_id: str | None, start: int, counts: NpsCounts,
+                       drivers: Mapping[str, int] | None, chain: Sequence[SpikeState], without_attributes: int = 0,
+                       parents: ChainEstimates | None = None) -> list[AlertEvent]:
+        """:meth:`observe` with the breakdown packed as a :class:`processors.windows.Slice` keeps it
+        (:func:`processors.windows.pack_breakdown`), and optionally the ancestors' :func:`chain_estimates` for the
+        slice's hour (the same for every segment under them within one minute: a caller may reuse them)."""
         settings = self.settings
         state = chain[0]
         n, d = counts.total, counts.detractors
@@ -429,7 +457,7 @@ class SpikeDetector:
         state.learn_until(start - settings.baseline_delay_ms, settings.baseline)
         state.forget_before(window_start)
         state.append_row(start, n, d, NOT_PENDING)
-        q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline)
+        q0, p0 = baseline_shares(hour_of(start), chain, settings.baseline, parents)
         warming_up = q0 is None or state.baseline.history < settings.baseline.min_history
         designs = None if warming_up else self.designs(state, q0)
         events: list[AlertEvent] = []
@@ -442,10 +470,10 @@ class SpikeDetector:
                     state.evidence[k] = Evidence()
                     if cusum.last_zero == cusum.answers:  # ... past this slice
                         continue
-                state.evidence[k].add(start, counts, breakdown, q0, p0, without_attributes)
+                state.evidence[k].add(start, counts, drivers, q0, p0, without_attributes)
             alert = state.alert
             if alert is not None:
-                alert.evidence.add(start, counts, breakdown, q0, p0, without_attributes)
+                alert.evidence.add(start, counts, drivers, q0, p0, without_attributes)
                 events.extend(self._while_open(segment_id, parent_id, state, alert, end, q0, designs, chain))
             else:
                 fired = [k for k, (cusum, design) in enumerate(zip(state.cusums, designs, strict=True))

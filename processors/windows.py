@@ -70,6 +70,11 @@ DRIVER_UNIT = 1 << 32
 ANSWERS_MASK = DRIVER_UNIT - 1
 
 
+def pack_breakdown(breakdown: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """A ``{"dimension=value": [answers, detractors]}`` breakdown as :class:`Slice` keeps it (one int a value)."""
+    return {key: d * DRIVER_UNIT + n for key, (n, d) in breakdown.items()}
+
+
 class Slice:
     """One open slice's counts, kept answer refs and driver breakdown. Once closed, a segment keeps only its
     counts and refs, as columns (:class:`SegmentWindows`).

@@ -16,7 +16,7 @@ from processors.baseline import HOURS, WINDOW_MS, BaselineSettings, HourlyBaseli
 from processors.nps import NpsCounts
 from processors.spikes import MAX_DRIVER_VALUES, NOT_PENDING, OTHER_VALUE, Evidence, SpikeState
 from processors.timeparse import DAY_MS, MINUTE_MS
-from processors.windows import Breakdown, SegmentWindows, Slice
+from processors.windows import Breakdown, SegmentWindows, Slice, pack_breakdown
 
 T0 = 20_000 * DAY_MS
 KEYS = ("channel=app", "channel=web", "region=EU", "tier=gold", "touchpoint=a%7Cb")
@@ -79,8 +79,8 @@ def _settings() -> Any:
 def test_evidence_values_accumulate_and_store_as_the_plain_dict() -> None:
     evidence = Evidence()
     assert evidence.values == {} and evidence.keys is None and evidence.rows is None
-    evidence.add(T0, NpsCounts(3, 2, 5), {"tier=gold": [4, 2], "region=EU": [10, 3]}, 0.3, 0.4)
-    evidence.add(T0 + MINUTE_MS, NpsCounts(1, 0, 1), {"tier=gold": [2, 1]}, 0.25, 0.4, 2)
+    evidence.add(T0, NpsCounts(3, 2, 5), pack_breakdown({"tier=gold": [4, 2], "region=EU": [10, 3]}), 0.3, 0.4)
+    evidence.add(T0 + MINUTE_MS, NpsCounts(1, 0, 1), pack_breakdown({"tier=gold": [2, 1]}), 0.25, 0.4, 2)
     assert evidence.values == {"tier=gold": [6, 3, 4 * 0.3 + 2 * 0.25], "region=EU": [10, 3, 10 * 0.3]}
     assert all(type(v[0]) is int and type(v[1]) is int for v in evidence.values.values())
     stored = orjson.loads(orjson.dumps(evidence.to_list()))
@@ -89,14 +89,14 @@ def test_evidence_values_accumulate_and_store_as_the_plain_dict() -> None:
     loaded = Evidence.from_list(stored)
     assert loaded == evidence and loaded.to_list() == evidence.to_list()
     twin = evidence.copy()
-    twin.add(T0, NpsCounts(1, 0, 0), {"tier=gold": [1, 1]}, 0.5, 0.5)
+    twin.add(T0, NpsCounts(1, 0, 0), pack_breakdown({"tier=gold": [1, 1]}), 0.5, 0.5)
     assert twin != evidence and evidence.values["tier=gold"][0] == 6  # a copy shares nothing
 
 
 def test_evidence_counts_values_beyond_the_cap_as_other() -> None:
     evidence = Evidence()
     breakdown = {f"store=s{i:04d}": [1, 1] for i in range(MAX_DRIVER_VALUES + 5)}
-    evidence.add(T0, NpsCounts(1, 0, 0), breakdown, 0.2, 0.5)
+    evidence.add(T0, NpsCounts(1, 0, 0), pack_breakdown(breakdown), 0.2, 0.5)
     values = evidence.values
     assert len(values) == MAX_DRIVER_VALUES + 1 and values[f"store={OTHER_VALUE}"][:2] == [5, 5]
     assert list(values)[:MAX_DRIVER_VALUES] == list(breakdown)[:MAX_DRIVER_VALUES]

@@ -15,7 +15,7 @@ from processors.events import SurveyResponse
 from processors.nps import NpsCounts
 from processors.retarget import Retargeter
 from processors.spikes import DetectionSettings, Evidence, SpikeDetector, SpikeState
-from processors.windows import SegmentWindows, Slice
+from processors.windows import SegmentWindows, Slice, pack_breakdown
 
 KEY = "answers_without_attributes"
 
@@ -83,8 +83,8 @@ def test_old_segment_state_loads_with_no_such_answers() -> None:
 
 def test_evidence_round_trips_its_count() -> None:
     evidence = Evidence()
-    evidence.add(T0, counts(10, 3), {"touchpoint=web": [10, 3]}, 0.2, 0.5, 4)
-    evidence.add(T0 + MIN, counts(10, 3), {}, 0.2, 0.5)
+    evidence.add(T0, counts(10, 3), pack_breakdown({"touchpoint=web": [10, 3]}), 0.2, 0.5, 4)
+    evidence.add(T0 + MIN, counts(10, 3), None, 0.2, 0.5)
     assert evidence.without_attributes == 4
     data = evidence.to_list()
     assert len(data) == 8 and Evidence.from_list(orjson.loads(orjson.dumps(data))) == evidence
