@@ -55,10 +55,11 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(STAMP) $(BENCH_STAMP)
 	deploy/local/with-services.sh $(PY) bench/run.py
 
-# The issue's two other figures, each its own table (they would take `make bench` past its 20 minutes):
-# event-to-alert p50/p99 of one worker at fixed offered loads (LATENCY_RATES, LATENCY_RUNS, BENCH_EVENTS), and the
-# memory of the per-segment state (MEMORY_ARGS; 100k segments x 1.25 h takes about 30 min here, the state is in its
-# steady state by then but for the baseline's cells: 24 h would take over 4 CPU hours). Not part of `make test`.
+# `make bench` measures the worker's event-to-alert latency at one offered load (LATENCY_RATE, default 10,000/s);
+# two more tables of their own (they would take `make bench` past its 20 minutes): the latency at several offered
+# loads (LATENCY_RATES, LATENCY_RUNS, BENCH_EVENTS), and the memory of the per-segment state (MEMORY_ARGS; 100k
+# segments x 1.25 h takes about 30 min here, the state is in its steady state by then but for the baseline's
+# cells: 24 h would take over 4 CPU hours). Not part of `make test`.
 MEMORY_ARGS ?= --segments 100000 --hours 1.25
 
 bench-latency: $(STAMP)

@@ -52,6 +52,7 @@ CONFIG = ROOT / "bench" / "npspulse-bench.toml"
 INCIDENTS = ("region=NA|touchpoint=delivery @ +6h for 60m +25pp", "channel=phone @ +10h for 45m +20pp",
              "region=EU|channel=app @ +14h for 60m +25pp", "region=APAC @ +18h for 60m +25pp",
              "touchpoint=support|channel=web @ +21h for 60m +30pp")
+DEFAULT_CUSTOMERS = 20_000
 TICK_S = 0.005
 QUIET_S = 10.0  # after the stream is consumed, wait this long without a new alert
 TIMEOUT_S = 1800.0
@@ -222,6 +223,15 @@ def run_once(answers_lines: list[bytes], rate: int, workdir: Path) -> Result:
     return Result(rate, latencies, opened, idle, achieved, drained)
 
 
+def describe(result: Result) -> str:
+    """One run's figures on one line."""
+    latencies = result.latencies_ms
+    return (f"offered {result.achieved:,.0f}/s, drained {result.drained_s:.1f} s after the last answer, "
+            f"{len(latencies)} alert events ({result.idle_closed} closed by idleness, left out): p50 "
+            f"{percentile(latencies, 50):,.0f} ms, p99 {percentile(latencies, 99):,.0f} ms, "
+            f"max {max(latencies, default=float('nan')):,.0f} ms")
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN without values."""
     if not values:
@@ -236,7 +246,7 @@ def main() -> None:
                         help="offered answers per second, comma-separated (default 100,1000,10000)")
     parser.add_argument("--runs", type=int, default=int(os.environ.get("LATENCY_RUNS", "3")))
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", "50000")))
-    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS)
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
     results: dict[int, list[Result]] = {rate: [] for rate in rates}
@@ -253,11 +263,7 @@ def main() -> None:
                     print(f"run {run} at {rate:,}/s: no figure: {error}", flush=True)
                     continue
                 results[rate].append(result)
-                print(f"run {run} at {rate:,}/s: offered {result.achieved:,.0f}/s, drained "
-                      f"{result.drained_s:.1f} s after the last answer, {len(result.latencies_ms)} alert events "
-                      f"({result.idle_closed} closed by idleness, left out): p50 "
-                      f"{percentile(result.latencies_ms, 50):,.0f} ms, p99 {percentile(result.latencies_ms, 99):,.0f} "
-                      f"ms, max {max(result.latencies_ms, default=float('nan')):,.0f} ms", flush=True)
+                print(f"run {run} at {rate:,}/s: {describe(result)}", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}; medians over {args.runs} runs of each run's percentiles\n")
     print("| offered answers/s | achieved | alert events | p50 ms | p99 ms | p50 opened ms | drain after last s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

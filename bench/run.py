@@ -14,6 +14,10 @@ produces them to a fresh surveys topic and runs each system on it, one after the
 
 Wall time counts from process start (start-up included) to done; CPU and peak RSS are the child's rusage.
 Run 1 checks that each peer's per-segment 5-minute counts equal npspulse's (the embedded run's windows).
+
+Then the worker's event-to-alert latency, BENCH_RUNS times: bench/latency.py's run at LATENCY_RATE answers/s
+offered (default 10,000, the issue's load), on its own stream of the same size with five incidents (one alone
+gives too few alert events for a p99). `make bench-latency` sweeps several rates.
 """
 
 from __future__ import annotations
@@ -235,16 +239,43 @@ def main() -> None:
                     broker.records(f"{faust_app}-segment-counts-changelog"))))
                 if "quix streams" in systems:
                     print(compare("quix streams", reference, quix_counts(broker.records(f"{prefix}quix-counts"))))
+        latency_rate = int(os.environ.get("LATENCY_RATE", "10000"))
+        latencies = worker_latency(work, events, latency_rate, runs)
     print(f"machine after: {machine()} (shared, noisy 2-core machine: figures vary run to run)\n")
     limit = statistics.median(total / m.seconds for m in results["limit"])
     print(f"{total:,} survey answers; medians of {runs} runs; start-up included in wall time\n")
-    print("| system | events/s | ratio to limit | CPU s / M events | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| system | events/s | ratio to limit | CPU s / M events | peak RSS MiB | event-to-alert p50 / p99 ms "
+          f"at {latency_rate:,}/s offered |")
+    print("|---|---:|---:|---:|---:|---:|")
     for system, measures in results.items():
         rate = statistics.median(total / m.seconds for m in measures)
         cpu = statistics.median(m.cpu for m in measures) / total * 1e6
         rss = statistics.median(m.rss_mib for m in measures)
-        print(f"| {system} | {rate:,.0f} | {rate / limit:.3f} | {cpu:,.0f} | {rss:,.0f} |")
+        latency = latencies if system == "npspulse worker" else ""
+        print(f"| {system} | {rate:,.0f} | {rate / limit:.3f} | {cpu:,.0f} | {rss:,.0f} | {latency} |")
+
+
+def worker_latency(work: Path, events: int, rate: int, runs: int) -> str:
+    """Median over ``runs`` of each run's p50 and p99 event-to-alert latency at ``rate`` answers/s offered, as
+    "p50 / p99" for the table (bench/latency.py measures; each run is printed as it ends)."""
+    import latency
+
+    lines = latency.simulate(work / "latency-stream.jsonl", events, latency.DEFAULT_CUSTOMERS)
+    results = []
+    for run in range(1, runs + 1):
+        try:
+            result = latency.run_once(lines, rate, work)
+        except RuntimeError as error:  # a worker that crashed or never drained: say so, go on
+            print(f"latency run {run} at {rate:,}/s: no figure: {error}", flush=True)
+            continue
+        results.append(result)
+        print(f"latency run {run}: {latency.describe(result)}", flush=True)
+    if not results:
+        return "no run finished"
+    p50 = statistics.median(latency.percentile(r.latencies_ms, 50) for r in results)
+    p99 = statistics.median(latency.percentile(r.latencies_ms, 99) for r in results)
+    achieved = statistics.median(r.achieved for r in results)
+    return f"{p50:,.0f} / {p99:,.0f} (offered {achieved:,.0f}/s)"
 
 
 if __name__ == "__main__":
