@@ -630,7 +630,7 @@ class Pipeline:
                     for segment_id in changed:
                         runs = {str(source): run for source, run in applied.get(segment_id, {}).items()}
                         await put(self.segments, self._table_key(segment_id, partition), dumps_kept({
-                            "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].to_dict()}))
+                            "p": partition, "s": segment_id, "o": runs, **stage.segments[segment_id].stored()}))
             await self.app.producer.flush()
         except BaseException:
             # Not checkpointed: keep holding (an agent restarted by Faust checkpoints them next time), or the

@@ -241,6 +241,7 @@ def test_closed_columns_widen_rebase_and_keep_refs_apart() -> None:
     assert windows.closed_counts.typecode == "q" and windows._sum(T0, T0 + 31 * DAY_MS)[0].detractors == 40_001
     windows._append_closed(T0 + 60 * DAY_MS, [1, 0, 0], [], 0)  # the kept slices span more than int32 ms
     assert windows.closed_starts.typecode == "q"
+    assert orjson.dumps(windows.stored()) == orjson.dumps(windows.to_dict())  # refs as kept: the same bytes
     stored = orjson.loads(orjson.dumps(windows.to_dict()))
     assert [row[0] for row in stored["closed"]] == [later, T0 + 30 * DAY_MS, T0 + 60 * DAY_MS]
     loaded = SegmentWindows.from_dict(stored)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import processors
@@ -240,6 +241,13 @@ def test_closed_slices_keep_counts_and_refs_only(baseline: tuple[Engine, Outputs
     closed = [piece for state in engine.segments.segments.values() for piece in state.windows.closed_slices()]
     assert closed and all(isinstance(refs, tuple) and counts.total > 0 for _, counts, refs, _ in closed)
     assert any(refs for _, _, refs, _ in closed), "some closed slices keep answer refs"
+
+
+def test_checkpointed_state_is_the_bytes_of_the_plain_state(baseline: tuple[Engine, Outputs]) -> None:
+    engine, _ = baseline
+    states = engine.segments.segments.values()
+    assert any(state.windows.closed_ref_data for state in states)
+    assert all(orjson.dumps(state.stored()) == orjson.dumps(state.to_dict()) for state in states)
 
 
 def test_same_stream_twice_gives_identical_outputs(settings: EngineSettings,
