@@ -26,7 +26,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +67,7 @@ from streams.topics import TopicNames
 log = logging.getLogger("npspulse.pipeline")
 
 BATCH_SIZE = 2000
-BATCH_SECONDS = 0.2
+BATCH_SECONDS = 0.05
 WATERMARK_SECONDS = 1.0
 SOURCE_IDLE_SECONDS = 3.0
 MAX_PENDING_ANSWERS = 50_000
@@ -129,6 +129,7 @@ class Pipeline:
         self._stages: dict[int, SegmentStage] = {}
         self._trackers: dict[int, WatermarkTracker] = {}
         self._stream_times: dict[int, int] = {}
+        self._announced: dict[int, int] = {}  # survey partition -> slice boundary its last run's marker passed
         self._last_record: dict[int, float] = {}
         self._purchase_times: dict[int, int] = {}  # purchases partition -> max purchase time applied
         self._purchase_seen: dict[int, float] = {}  # purchases partition -> wall time of the last one
@@ -191,8 +192,8 @@ class Pipeline:
         for tp in revoked:
             partition = tp.partition
             if tp.topic == self.names.surveys:
-                for progress in (self._pending, self._stream_times, self._last_record, self._survey_offsets, self._idle,
-                                 self._run_ends, self._replay_bounds):
+                for progress in (self._pending, self._stream_times, self._announced, self._last_record,
+                                 self._survey_offsets, self._idle, self._run_ends, self._replay_bounds):
                     progress.pop(partition, None)
             elif tp.topic == self.names.purchases:
                 for progress in (self._purchase_times, self._purchase_seen, self._purchase_offsets):
@@ -425,6 +426,7 @@ class Pipeline:
         for partition, latest in times.items():
             if latest > self._stream_times.get(partition, -1):
                 self._stream_times[partition] = latest
+        await self._announce_stream_times(times)
         # Delivered before acknowledged, so a stop or crash loses nothing. Waits for these records only,
         # not for the whole producer (the purchases agent's changelog may have a long queue).
         await asyncio.gather(*sent)
@@ -483,6 +485,33 @@ class Pipeline:
             return True  # not co-partitioned with surveys here (mid-rebalance): nothing to wait for
         quiet = time.monotonic() - self._purchase_seen.get(partition, self._started) >= SOURCE_IDLE_SECONDS
         return quiet and await self._caught_up(tp, self._purchase_offsets.get(partition))
+
+    async def _announce_stream_times(self, partitions: Iterable[int]) -> None:
+        """After a run is forwarded: each of its survey partitions' stream time to every slice partition, when
+        the watermark it allows (stream time - grace) has passed a slice boundary since the last such marker:
+        only then can the segment side close anything. A slice then closes as soon as its closing answer is
+        forwarded, not at the next ``send_watermarks`` (on average half a second later). Queued after the run's
+        slices on the same producer and partitions, so it never overtakes them. Only while the timer last reported
+        every assigned survey partition active: then the marker changes no idle flag, it only brings forward a
+        stream time the timer would send within a second. Otherwise (a partition idle, or not reported since the
+        assignment) the timer alone decides, as before: announcing one partition active while another is still
+        marked idle would let the watermark jump past that other partition's answers (the likely cause of a run
+        of tests/faults/test_services.py's broker restart with 2,198 late answers, before this condition)."""
+        sources = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.names.surveys]
+        if not sources or any(self._idle.get(source) is not False for source in sources):
+            return
+        slice_ms, grace_ms = self.settings.windows.slice_ms, self.settings.windows.grace_ms
+        for source in partitions:
+            stream_time = self._stream_times.get(source)
+            if stream_time is None:
+                continue
+            boundary = (stream_time - grace_ms) // slice_ms
+            if boundary <= self._announced.get(source, boundary - 1):
+                continue
+            self._announced[source] = boundary
+            value = orjson.dumps({"m": source, "t": stream_time, "idle": False})
+            for partition in range(self.partitions):
+                await self.slices.send(key=b"", value=value, partition=partition)
 
     async def send_watermarks(self) -> None:
         """Every second: each assigned survey partition's stream time to every slice partition."""
