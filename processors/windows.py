@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,8 +195,8 @@ class Slice:
                 f"without_attributes={self.without_attributes})")
 
     def to_list(self) -> list[Any]:
-        return slice_list([self.detractors, self.passives, self.promoters], self.answers, self.breakdown,
-                          self.without_attributes)
+        return slice_list([self.detractors, self.passives, self.promoters], [list(ref) for ref in self.answers],
+                          self.breakdown, self.without_attributes)
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Slice:
@@ -206,10 +206,11 @@ class Slice:
         return cls(NpsCounts.from_list(data[0]), refs, breakdown, without)  # type: ignore[arg-type]
 
 
-def slice_list(counts: list[int], refs: Sequence[AnswerRef], breakdown: Breakdown, without_attributes: int) -> list[Any]:
+def slice_list(counts: list[int], refs: Any, breakdown: Breakdown, without_attributes: int) -> list[Any]:
     """A slice as stored: ``[counts, refs, breakdown]``, plus the count without attributes when there is one
-    (state without it stays as it was, and loads in older code)."""
-    data = [counts, [list(ref) for ref in refs], breakdown]
+    (state without it stays as it was, and loads in older code). ``refs`` as stored: a list of lists, or their
+    orjson as an ``orjson.Fragment``."""
+    data = [counts, refs, breakdown]
     if without_attributes:
         data.append(without_attributes)
     return data
@@ -442,42 +443,33 @@ class SegmentWindows:
 
     def closed_slices(self) -> list[tuple[int, NpsCounts, tuple[AnswerRef, ...], int]]:
         """The closed slices in time order: (start, counts, refs, answers without attributes)."""
-        return [(start, NpsCounts(*counts), tuple(map(tuple, refs)), without)
+        return [(start, NpsCounts(*counts), tuple(map(tuple, orjson.loads(refs))) if refs else (), without)
                 for start, counts, refs, without in self._closed_rows()]
 
-    def _closed_rows(self) -> Iterator[tuple[int, list[int], list[list[Any]], int]]:
+    def _closed_rows(self) -> Iterator[tuple[int, list[int], bytes, int]]:
+        """The closed slices in time order: (start, counts, refs as kept, answers without attributes)."""
         columns, base = self.closed_counts, self.closed_base
         for i, offset in enumerate(self.closed_starts):
             at = i * CLOSED_FIELDS
-            start, refs = offset + base, self._refs(i)
-            yield start, columns[at:at + 3].tolist(), orjson.loads(refs) if refs else [], columns[at + 3]
+            yield offset + base, columns[at:at + 3].tolist(), self._refs(i), columns[at + 3]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())],
-            "closed": [[start, slice_list(counts, refs, {}, without)]
-                       for start, counts, refs, without in self._closed_rows()],
-            "closed_upto": self.closed_upto,
-            "late": self.late,
-        }
+        return self._as_dict(lambda refs: orjson.loads(refs) if refs else [])
 
     def stored(self) -> dict[str, Any]:
         """:meth:`to_dict` for ``orjson.dumps`` only, and the same bytes: each closed slice's refs go in as the
         orjson they are kept as (``orjson.Fragment``), not decoded and encoded again at every checkpoint."""
-        columns, base, ends, data, origin = (self.closed_counts, self.closed_base, self.closed_ref_ends,
-                                             self.closed_ref_data, self.closed_ref_origin)
-        closed = []
-        begin = origin
-        for i, offset in enumerate(self.closed_starts):
-            at, end = i * CLOSED_FIELDS, ends[i]
-            refs = orjson.Fragment(bytes(data[begin - origin:end - origin])) if end > begin else EMPTY_REFS
-            piece = [columns[at:at + 3].tolist(), refs, {}]
-            if columns[at + 3]:
-                piece.append(columns[at + 3])
-            closed.append([offset + base, piece])
-            begin = end
-        return {"open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())], "closed": closed,
-                "closed_upto": self.closed_upto, "late": self.late}
+        return self._as_dict(lambda refs: orjson.Fragment(refs) if refs else EMPTY_REFS)
+
+    def _as_dict(self, stored_refs: Callable[[bytes], Any]) -> dict[str, Any]:
+        """The state as stored, each closed slice's kept refs as ``stored_refs`` makes them."""
+        return {
+            "open": [[start, piece.to_list()] for start, piece in sorted(self.open.items())],
+            "closed": [[start, slice_list(counts, stored_refs(refs), {}, without)]
+                       for start, counts, refs, without in self._closed_rows()],
+            "closed_upto": self.closed_upto,
+            "late": self.late,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentWindows:

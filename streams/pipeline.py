@@ -270,7 +270,7 @@ class Pipeline:
         """The customer's profile and the offset of the last purchase from ``partition`` it holds (-1: none)."""
         cached = self._profile_cache.get(key)
         if cached is None:
-            with outside_events():  # RocksDB: look in every partition's store, not only the current event's
+            with as_current_event(None):  # RocksDB: look in every partition's store, not only the current event's
                 raw = self.profiles.get(key)
             if not raw:
                 return None, -1
@@ -786,26 +786,17 @@ class Pipeline:
 
 
 @contextmanager
-def as_current_event(event: EventT) -> Iterator[None]:
-    """Write tables as if processing ``event``: Faust's RocksDB store files a key under the partition of the
-    current event, and these writes happen after a batch, with none current (or one of another partition)."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-@contextmanager
-def outside_events() -> Iterator[None]:
-    """Read a table by its key alone. For a table without ``use_partitioner`` Faust's RocksDB store looks a key up
-    only in the store of the current event's partition (one RocksDB database per partition). The surveys agent
-    segments the answers of every survey partition in one drain, run from its own loop with the last answer it
-    received current: a customer's profile, filed under the partition of their purchases, read as missing when
-    that answer was of another partition (tier ``none``; a restarted worker, whose decoded-profile cache is empty,
-    segmenting a backlog). With no current event the store uses its key index, or looks in every partition's
-    database it holds (the assigned ones)."""
-    token = _current_event.set(None)
+def as_current_event(event: EventT | None) -> Iterator[None]:
+    """Use tables as if processing ``event``: Faust's RocksDB store keeps a database per partition and, for a table
+    without ``use_partitioner``, files a key under the partition of the current event and looks it up *only* in
+    that partition's database. Writes after a batch run with none current (or one of another partition), so they
+    name their event. ``None``: no event current, so a read finds a key whatever partition it was filed under (the
+    store uses its key index, or every assigned partition's database). The surveys agent segments the answers of
+    every survey partition in one drain, run from its own loop with the last answer it received current: a
+    customer's profile, filed under the partition of their purchases, read as missing when that answer was of
+    another partition (tier ``none``; a restarted worker, whose decoded-profile cache is empty, segmenting a
+    backlog)."""
+    token = _current_event.set(None if event is None else weakref.ref(event))
     try:
         yield
     finally:
